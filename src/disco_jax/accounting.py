@@ -1,0 +1,160 @@
+"""What a layer costs: communication, FLOPs and weights, from the plan and from XLA.
+
+Per sample and per layer (DESIGN.md section 4), with P the pixels (or tokens)
+the layer reads and k the plan's budget:
+
+    values sent, DISCO       = N * (N-1) * k * P
+    values sent, dense split = N * (N-1) * (C_in/N) * P
+    FLOPs on one node        = 2 * taps * (C_out/N) * (C_in/N + (N-1)*k) + bias adds
+    weights on one node      = K*K * (C_out/N) * (C_in/N + (N-1)*k) + C_out/N
+
+``taps`` counts, over all output pixels, the kernel taps that land inside the
+input; away from the borders that is H_out * W_out * K*K, the design's
+formula, and it is what XLA's cost analysis counts, so the two can be checked
+against each other. A strided 1 x 1 conv reads (and sends) only the pixels it
+uses, P = H_out * W_out, in DISCO and in the dense split alike.
+
+The measured side reads the compiled executable: bytes of its
+``collective-permute`` ops (:func:`hlo_permute_bytes`) and FLOPs from
+``cost_analysis()`` (:func:`hlo_flops`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from disco_jax.layers import LayerSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """One variant of one layer, per sample.
+
+    Attributes:
+      comm_values: values sent between nodes, all ordered pairs together.
+      comm_bytes: the same in bytes of the payload dtype.
+      flops: FLOPs on one node.
+      params: weights (and biases) stored on one node.
+    """
+
+    comm_values: int
+    comm_bytes: int
+    flops: int
+    params: int
+
+
+def _pads(size: int, kernel: int, stride: int, padding) -> tuple[int, int]:
+    """(output size, low padding) of one spatial axis."""
+    if padding == "SAME":
+        out = -(-size // stride)
+        return out, max((out - 1) * stride + kernel - size, 0) // 2
+    low = 0 if padding == "VALID" else int(padding)
+    return (size + 2 * low - kernel) // stride + 1, low
+
+
+def valid_taps(size: int, kernel: int, stride: int, padding) -> int:
+    """Kernel taps inside the input, summed over the output positions of one axis."""
+    out, low = _pads(size, kernel, stride, padding)
+    starts = np.arange(max(out, 0)) * stride - low
+    taps = np.clip(starts + kernel, 0, size) - np.clip(starts, 0, size)
+    return int(taps.sum())
+
+
+def read_spatial(spec: LayerSpec, in_spatial: Sequence[int]) -> tuple[int, ...]:
+    """Spatial shape of what the layer reads (and sends)."""
+    if spec.subsamples_input:
+        return tuple(-(-d // spec.stride) for d in in_spatial)
+    return tuple(in_spatial)
+
+
+def out_spatial(spec: LayerSpec, in_spatial: Sequence[int]) -> tuple[int, ...]:
+    """Spatial shape of the layer's output (tokens pass through a dense layer)."""
+    if spec.kind == "dense":
+        return tuple(in_spatial)
+    return tuple(_pads(d, spec.kernel, spec.stride, spec.padding)[0] for d in in_spatial)
+
+
+def _taps(spec: LayerSpec, in_spatial: Sequence[int]) -> int:
+    if spec.kind == "dense":
+        return math.prod(in_spatial)
+    if spec.subsamples_input:
+        return math.prod(read_spatial(spec, in_spatial))
+    return math.prod(valid_taps(d, spec.kernel, spec.stride, spec.padding)
+                     for d in in_spatial)
+
+
+def _variant(spec: LayerSpec, in_spatial, width: int, sent_per_pair: int, c_out: int,
+             payload_bytes: int) -> Cost:
+    """Cost of a node computing ``c_out`` outputs from ``width`` input channels."""
+    kernel_area = spec.kernel ** 2 if spec.kind == "conv" else 1
+    outputs = math.prod(out_spatial(spec, in_spatial)) * c_out
+    bias = outputs if spec.use_bias else 0
+    values = spec.nodes * (spec.nodes - 1) * sent_per_pair * math.prod(
+        read_spatial(spec, in_spatial))
+    return Cost(
+        comm_values=values,
+        comm_bytes=values * payload_bytes,
+        flops=2 * _taps(spec, in_spatial) * c_out * width + bias,
+        params=kernel_area * width * c_out + (c_out if spec.use_bias else 0),
+    )
+
+
+def layer_costs(spec: LayerSpec, k: int, in_spatial: Sequence[int], *,
+                payload_bytes: int = 4) -> dict[str, Cost]:
+    """Per-sample costs of one layer as ``{"single", "dense_split", "disco"}``.
+
+    Arguments:
+      spec: the layer; k: the plan's channels per node pair.
+      in_spatial: the input's spatial shape, ``(H, W)`` for a conv, the token
+        shape (``()`` for ``[B, C]``) for a dense layer.
+      payload_bytes: bytes per value sent (4 for float32).
+    """
+    n, g_in, g_out = spec.nodes, spec.group_in, spec.group_out
+    return {
+        "single": _variant(dataclasses.replace(spec, nodes=1), in_spatial, spec.c_in, 0,
+                           spec.c_out, payload_bytes),
+        "dense_split": _variant(spec, in_spatial, spec.c_in, g_in, g_out, payload_bytes),
+        "disco": _variant(spec, in_spatial, g_in + (n - 1) * k, k, g_out, payload_bytes),
+    }
+
+
+_DTYPE_BYTES = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "s64": 8, "s32": 4, "u32": 4,
+                "s16": 2, "u16": 2, "s8": 1, "u8": 1, "pred": 1, "f8e4m3fn": 1, "f8e5m2": 1}
+_PERMUTE = re.compile(
+    r"=\s*\(?(?P<dtype>[a-z0-9]+)\[(?P<dims>[0-9,]*)\][^=]*?\s"
+    r"collective-permute(?:-start)?\(.*?source_target_pairs=\{(?P<pairs>[0-9{},]*)\}")
+_COLLECTIVE = re.compile(r"\s(all-gather|all-reduce|all-to-all|reduce-scatter|collective-broadcast)"
+                         r"(?:-start)?\(")
+
+
+def hlo_permute_bytes(hlo_text: str) -> int:
+    """Bytes all nodes send through ``collective-permute`` ops in compiled HLO.
+
+    The compiled module is one node's program: each op's shape is what one
+    sender sends, and its ``source_target_pairs`` says how many senders there
+    are. Returns the sum over ops of bytes x pairs (per batch, not per sample).
+    """
+    total = 0
+    for match in _PERMUTE.finditer(hlo_text):
+        dims = [int(d) for d in match["dims"].split(",") if d]
+        pairs = match["pairs"].count("{")
+        total += math.prod(dims) * _DTYPE_BYTES[match["dtype"]] * pairs
+    return total
+
+
+def hlo_other_collectives(hlo_text: str) -> list[str]:
+    """Names of collective ops other than collective-permute in compiled HLO."""
+    return [m.group(1) for m in _COLLECTIVE.finditer(hlo_text)]
+
+
+def hlo_flops(compiled) -> float:
+    """FLOPs of one node's compiled program (XLA's ``cost_analysis()``), per batch."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list | tuple):
+        analysis = analysis[0]
+    return float(analysis.get("flops", 0.0))

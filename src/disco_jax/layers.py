@@ -1,0 +1,257 @@
+"""DISCO linear layers (k x k conv, 1 x 1 conv, dense), written once.
+
+A DISCO layer splits its input and output channels over N nodes. Node i
+computes its C_out/N output channels as
+
+    Y_i = W_ii * X_i + sum over j != i of W_ij[:, mask_ij] * X_j[mask_ij]
+
+This module owns the layer's arithmetic and its training form:
+
+- :class:`LayerSpec` is the static description (shapes, kernel, stride, N).
+- :func:`linear` is the one conv/matmul both forms run. The training form
+  (:class:`DiscoConv`, :class:`DiscoDense`) calls it on all channels with the
+  off-diagonal blocks of the kernel masked; the inference form
+  (:mod:`disco_jax.parallel`) calls it on one node's own channels followed by
+  the received ones, with packed weights (:mod:`disco_jax.plan`).
+- :class:`CommMask` holds the mask ``m[i, j, c]``: how much receiver node i
+  reads channel c of sender node j. Its diagonal blocks are always read. It is
+  a float array so that training methods may use it as a soft gate; a plan
+  can only be compiled once it is binary with the same count k per pair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from disco_jax.errors import ConfigError
+
+Padding = Literal["SAME", "VALID"] | int
+_DIMS = ("NHWC", "HWIO", "NHWC")
+_DEFAULT_INIT = nnx.initializers.lecun_normal()
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """Static description of one DISCO layer.
+
+    Attributes:
+      kind: ``"conv"`` (2-D, NHWC, kernel HWIO) or ``"dense"`` (``[..., C]``).
+      c_in, c_out: input and output channels of the whole layer.
+      nodes: N, the number of nodes the channels are split over.
+      kernel: spatial kernel size K (1 for dense).
+      stride: spatial stride (1 for dense).
+      padding: ``"SAME"``, ``"VALID"`` or a symmetric integer padding.
+      use_bias: whether the layer adds a bias.
+    """
+
+    kind: Literal["conv", "dense"]
+    c_in: int
+    c_out: int
+    nodes: int = 1
+    kernel: int = 1
+    stride: int = 1
+    padding: Padding = "SAME"
+    use_bias: bool = True
+
+    def validate(self, name: str = "layer") -> LayerSpec:
+        """Raises :class:`ConfigError` naming ``name`` if the spec cannot work."""
+        if self.kind not in ("conv", "dense"):
+            raise ConfigError(f"{name}: kind must be 'conv' or 'dense', got {self.kind!r}")
+        for field in ("c_in", "c_out", "nodes", "kernel", "stride"):
+            value = getattr(self, field)
+            if not isinstance(value, int | np.integer) or value < 1:
+                raise ConfigError(f"{name}: {field} must be a positive integer, got {value!r}")
+        if self.kind == "dense" and (self.kernel, self.stride) != (1, 1):
+            raise ConfigError(f"{name}: a dense layer has kernel 1 and stride 1")
+        if not (self.padding in ("SAME", "VALID") or (
+                isinstance(self.padding, int) and self.padding >= 0)):
+            raise ConfigError(
+                f"{name}: padding must be 'SAME', 'VALID' or a non-negative int, "
+                f"got {self.padding!r}")
+        for field in ("c_in", "c_out"):
+            channels = getattr(self, field)
+            if channels % self.nodes:
+                raise ConfigError(
+                    f"{name}: {field}={channels} does not divide over {self.nodes} nodes "
+                    f"(each node owns C/N channels). Use a channel count that is a "
+                    f"multiple of {self.nodes}, or another number of nodes.")
+        return self
+
+    @property
+    def group_in(self) -> int:
+        """Input channels owned by one node, C_in/N."""
+        return self.c_in // self.nodes
+
+    @property
+    def group_out(self) -> int:
+        """Output channels owned by one node, C_out/N."""
+        return self.c_out // self.nodes
+
+    @property
+    def kernel_shape(self) -> tuple[int, ...]:
+        """Shape of the whole (training-form) kernel: HWIO for conv, IO for dense."""
+        if self.kind == "conv":
+            return (self.kernel, self.kernel, self.c_in, self.c_out)
+        return (self.c_in, self.c_out)
+
+    def packed_kernel_shape(self, k: int) -> tuple[int, ...]:
+        """Shape of one node's packed kernel: input width C_in/N + (N-1)*k."""
+        width = self.group_in + (self.nodes - 1) * k
+        return (*self.kernel_shape[:-2], width, self.group_out)
+
+    @property
+    def subsamples_input(self) -> bool:
+        """True for a strided 1 x 1 conv: it reads only every stride-th pixel.
+
+        Such a layer subsamples its input first (locally, before anything is
+        sent), so only the pixels it reads travel between nodes.
+        """
+        return (self.kind == "conv" and self.kernel == 1 and self.stride > 1
+                and self.padding in ("SAME", "VALID", 0))
+
+    def describe(self) -> str:
+        if self.kind == "dense":
+            return f"dense {self.c_in}->{self.c_out}, N={self.nodes}"
+        return (f"conv {self.kernel}x{self.kernel} {self.c_in}->{self.c_out}, "
+                f"stride {self.stride}, N={self.nodes}")
+
+
+def read_input(spec: LayerSpec, x: jax.Array) -> jax.Array:
+    """The part of the input the layer reads: a strided 1 x 1 conv keeps every
+    stride-th pixel, every other layer reads all of ``x``."""
+    if spec.subsamples_input:
+        return x[:, ::spec.stride, ::spec.stride, :]
+    return x
+
+
+def linear(spec: LayerSpec, x: jax.Array, kernel: jax.Array,
+           bias: jax.Array | None) -> jax.Array:
+    """The layer's one conv/matmul, on input already passed through :func:`read_input`.
+
+    Arguments:
+      spec: the layer.
+      x: ``f32[B, H, W, C']`` (conv) or ``f32[..., C']`` (dense), where C' is
+        whatever input width ``kernel`` has: C_in in the training form, or
+        C_in/N + (N-1)*k in the inference form.
+      kernel: ``[K, K, C', C_o]`` (conv) or ``[C', C_o]`` (dense).
+      bias: ``[C_o]`` or None.
+
+    Returns:
+      ``[B, H_out, W_out, C_o]`` (conv) or ``[..., C_o]`` (dense).
+    """
+    if spec.kind == "conv":
+        stride = 1 if spec.subsamples_input else spec.stride
+        padding = spec.padding
+        if isinstance(padding, int):
+            padding = [(padding, padding), (padding, padding)]
+        y = jax.lax.conv_general_dilated(
+            x, kernel, (stride, stride), padding, dimension_numbers=_DIMS)
+    else:
+        y = jnp.matmul(x, kernel)
+    if bias is not None:
+        y = y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
+    return y
+
+
+def weight_mask(spec: LayerSpec, mask: jax.Array) -> jax.Array:
+    """Expands a node-pair channel mask to the kernel's (C_in, C_out) plane.
+
+    Arguments:
+      mask: ``f32[N, N, C_in/N]``, ``mask[i, j, c]`` = how much receiver i reads
+        channel c of sender j. The diagonal blocks (i == j) are forced to 1.
+
+    Returns:
+      ``f32[C_in, C_out]`` with ``out[j*C_in/N + c, i*C_out/N + o] = mask[i, j, c]``.
+    """
+    n = spec.nodes
+    mask = jnp.where(jnp.eye(n, dtype=bool)[:, :, None], jnp.ones_like(mask), mask)
+    per_input = jnp.transpose(mask, (1, 2, 0)).reshape(spec.c_in, n)  # [C_in, N_dst]
+    return jnp.repeat(per_input, spec.group_out, axis=1)
+
+
+class CommMask(nnx.Variable):
+    """Which channels each node reads from each other node: ``f32[N, N, C_in/N]``.
+
+    A separate variable type, so that optimisers and checkpoints can treat it
+    apart from the weights (``nnx.state(model, CommMask)``).
+    """
+
+
+class _DiscoLinear(nnx.Module):
+    """Shared body of :class:`DiscoConv` and :class:`DiscoDense` (training form)."""
+
+    spec: LayerSpec
+
+    def _init(self, spec: LayerSpec, name: str | None, kernel_init: Callable,
+              rngs: nnx.Rngs) -> None:
+        self.name = name or spec.describe()
+        self.spec = spec.validate(self.name)
+        self.kernel = nnx.Param(kernel_init(rngs.params(), spec.kernel_shape, jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((spec.c_out,), jnp.float32)) if spec.use_bias else None
+        self.mask = CommMask(jnp.ones((spec.nodes, spec.nodes, spec.group_in), jnp.float32))
+
+    def masked_kernel(self) -> jax.Array:
+        """The training-form kernel: off-diagonal blocks multiplied by the mask."""
+        kernel = self.kernel[...]
+        mask = weight_mask(self.spec, self.mask[...])
+        return kernel * mask.reshape((1,) * (kernel.ndim - 2) + mask.shape)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Training form: the whole layer on one device, all C_in channels in.
+
+        Arguments:
+          x: ``f32[B, H, W, C_in]`` (conv) or ``f32[..., C_in]`` (dense).
+        """
+        expected_rank = 4 if self.spec.kind == "conv" else None
+        if x.shape[-1] != self.spec.c_in or (expected_rank and x.ndim != expected_rank):
+            layout = "[B, H, W, C]" if self.spec.kind == "conv" else "[..., C]"
+            raise ConfigError(
+                f"{self.name}: expected input {layout} with C={self.spec.c_in}, "
+                f"got shape {tuple(x.shape)}")
+        bias = None if self.bias is None else self.bias[...]
+        return linear(self.spec, read_input(self.spec, x), self.masked_kernel(), bias)
+
+
+class DiscoConv(_DiscoLinear):
+    """A 2-D convolution (NHWC) whose channels are split over ``nodes`` nodes.
+
+    Arguments:
+      in_features, out_features: C_in and C_out of the whole layer.
+      kernel_size: K (square kernels).
+      strides: the stride (both spatial axes).
+      padding: ``"SAME"``, ``"VALID"`` or a symmetric integer.
+      nodes: N; C_in and C_out must divide by it.
+      use_bias: whether to add a bias.
+      name: used in error messages and as the layer's name in plans when the
+        layer is compiled on its own.
+    """
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
+                 strides: int = 1, padding: Padding = "SAME", nodes: int = 1,
+                 use_bias: bool = True, name: str | None = None,
+                 kernel_init: Callable = _DEFAULT_INIT,
+                 rngs: nnx.Rngs):
+        spec = LayerSpec("conv", in_features, out_features, nodes, kernel_size, strides,
+                         padding, use_bias)
+        self._init(spec, name, kernel_init, rngs)
+
+
+class DiscoDense(_DiscoLinear):
+    """A dense layer on ``[..., C_in]`` whose channels are split over ``nodes`` nodes.
+
+    Arguments are those of :class:`DiscoConv` without the spatial ones.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, nodes: int = 1,
+                 use_bias: bool = True, name: str | None = None,
+                 kernel_init: Callable = _DEFAULT_INIT,
+                 rngs: nnx.Rngs):
+        spec = LayerSpec("dense", in_features, out_features, nodes, 1, 1, "SAME", use_bias)
+        self._init(spec, name, kernel_init, rngs)

@@ -1,0 +1,103 @@
+"""The device mesh: the one place that names the mesh axis.
+
+A DISCO run splits every layer over a 1-D mesh whose single axis is
+:data:`AXIS` (``"nodes"``). Node ``n`` owns channels ``[n*C/N, (n+1)*C/N)`` of
+every activation, so an activation is sharded on its last (channel) axis and a
+per-node array (packed weights, send indices) on its first axis.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from disco_jax.errors import MeshError
+
+AXIS = "nodes"
+"""Name of the mesh axis that DISCO splits layers over."""
+
+_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def host_device_flags(n: int, flags: str | None = None) -> str:
+    """Returns ``XLA_FLAGS`` asking for ``n`` emulated CPU devices.
+
+    Keeps any flag already in ``flags``; a device count already there wins.
+    """
+    flags = (flags or "").strip()
+    if _COUNT_FLAG in flags:
+        return flags
+    return f"{flags} {_COUNT_FLAG}={n}".strip()
+
+
+def ensure_host_devices(n: int) -> None:
+    """Asks for ``n`` emulated CPU devices, while that can still be changed.
+
+    Call it before the first jax computation (importing jax and disco_jax
+    computes nothing). Unless ``XLA_FLAGS`` already holds a device count (which
+    wins), it adds ``--xla_force_host_platform_device_count=n`` to
+    ``XLA_FLAGS`` and sets ``jax_num_cpu_devices`` to match. Once a
+    computation has run the device count is fixed: this does nothing, and
+    :func:`make_mesh` says what is missing. Entry points call it first thing so
+    that ``--mesh N`` works on a machine with one CPU.
+    """
+    from jax._src import xla_bridge  # no public API tells whether backends exist
+
+    if xla_bridge.backends_are_initialized():
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    match = re.search(rf"{_COUNT_FLAG}=(\d+)", flags)
+    if match:
+        count = int(match.group(1))
+    else:
+        os.environ["XLA_FLAGS"] = host_device_flags(n, flags)
+        count = n
+    jax.config.update("jax_num_cpu_devices", count)
+
+
+def make_mesh(n: int) -> Mesh:
+    """Builds the 1-D mesh of ``n`` nodes from the first ``n`` of ``jax.devices()``.
+
+    Devices are taken in ``jax.devices()`` order (not by id), which is also the
+    order of processes in a multi-process run.
+
+    Raises:
+      MeshError: ``n`` is not positive or the process sees fewer devices.
+    """
+    if not isinstance(n, int | np.integer) or n < 1:
+        raise MeshError(f"mesh size must be a positive integer, got {n!r}")
+    devices = jax.devices()
+    if len(devices) < n:
+        platform = devices[0].platform
+        raise MeshError(
+            f"a mesh of {n} nodes needs {n} devices, but this process sees "
+            f"{len(devices)} {platform} device(s). On CPU, emulate them by setting "
+            f"XLA_FLAGS={_COUNT_FLAG}={n} before jax is imported (or call "
+            f"disco_jax.ensure_host_devices({n}) first); across machines, run one "
+            f"process per node with jax.distributed.initialize."
+        )
+    return Mesh(np.asarray(devices[:n]), (AXIS,))
+
+
+def channel_spec(ndim: int) -> PartitionSpec:
+    """PartitionSpec of an activation of rank ``ndim``: channels split over nodes."""
+    return PartitionSpec(*([None] * (ndim - 1)), AXIS)
+
+
+def node_spec() -> PartitionSpec:
+    """PartitionSpec of a per-node array (leading axis of length N)."""
+    return PartitionSpec(AXIS)
+
+
+def shard_channels(x: jax.Array, mesh: Mesh) -> jax.Array:
+    """Places ``x`` on ``mesh`` with its last axis split over the nodes."""
+    return jax.device_put(x, NamedSharding(mesh, channel_spec(np.ndim(x))))
+
+
+def shard_nodes(x: jax.Array, mesh: Mesh) -> jax.Array:
+    """Places a per-node array (leading axis N) so that node n holds row n only."""
+    return jax.device_put(x, NamedSharding(mesh, node_spec()))

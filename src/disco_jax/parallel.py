@@ -1,0 +1,137 @@
+"""The inference form: where a channel crosses the wire.
+
+:func:`node_forward` is the block function one node runs inside
+``jax.shard_map`` over the ``nodes`` axis: for each shift s it gathers the k
+channels its plan selects and ``ppermute``s them to node ``(n + s) mod N``,
+then runs ONE conv/matmul (:func:`disco_jax.layers.linear`) over its own
+channels followed by the received ones, with its packed weights.
+
+:class:`DistributedLayer` places a :class:`~disco_jax.plan.LayerPlan` on a
+mesh (each node holds only its own packed weights) and wraps that block
+function in ``jit(shard_map(...))``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec
+
+from disco_jax.errors import ConfigError
+from disco_jax.layers import LayerSpec, linear, read_input
+from disco_jax.mesh import AXIS, channel_spec, node_spec, shard_channels, shard_nodes
+from disco_jax.plan import LayerPlan
+
+
+def shift_permutation(nodes: int, shift: int) -> list[tuple[int, int]]:
+    """Source -> destination pairs of one shift: node j sends to (j + shift) mod N."""
+    return [(j, (j + shift) % nodes) for j in range(nodes)]
+
+
+def _to_wire(x: jax.Array, payload_dtype) -> jax.Array:
+    """Casts to the payload dtype and reinterprets it as unsigned ints of the
+    same width, so that XLA cannot move the cast across the ``ppermute`` (XLA:CPU
+    otherwise sends a float32 payload after all)."""
+    if payload_dtype is None or jnp.dtype(payload_dtype) == x.dtype:
+        return x
+    narrow = x.astype(payload_dtype)
+    return jax.lax.bitcast_convert_type(narrow, jnp.dtype(f"uint{narrow.dtype.itemsize * 8}"))
+
+
+def _from_wire(x: jax.Array, payload_dtype, dtype) -> jax.Array:
+    if payload_dtype is None or jnp.dtype(payload_dtype) == jnp.dtype(dtype):
+        return x
+    return jax.lax.bitcast_convert_type(x, payload_dtype).astype(dtype)
+
+
+def node_forward(spec: LayerSpec, k: int, x: jax.Array, send_idx: jax.Array,
+                 kernel: jax.Array, bias: jax.Array | None, *,
+                 payload_dtype: jnp.dtype | None = None) -> jax.Array:
+    """One node's share of a DISCO layer; call inside ``shard_map`` over ``AXIS``.
+
+    Arguments (local shapes):
+      x: ``f32[B, H, W, C_in/N]`` or ``f32[..., C_in/N]``: this node's channels.
+      send_idx: ``int32[1, N-1, k]``: channels this node sends at each shift.
+      kernel: ``f32[1, *K, C_in/N + (N-1)*k, C_out/N]``: this node's packed kernel.
+      bias: ``f32[1, C_out/N]`` or None.
+      payload_dtype: dtype the sent values travel in (default: that of ``x``).
+
+    Returns:
+      ``f32[B, H_out, W_out, C_out/N]`` or ``f32[..., C_out/N]``: this node's outputs.
+    """
+    x = read_input(spec, x)  # a strided 1x1 conv drops unread pixels before sending
+    parts = [x]
+    if k > 0:
+        for shift in range(1, spec.nodes):
+            # Plans hold sorted, unique, in-range indices (LayerPlan checks): "clip"
+            # then costs no masking and XLA sees a plain gather.
+            sent = jnp.take(x, send_idx[0, shift - 1], axis=-1,  # [..., k]
+                            mode="clip", unique_indices=True, indices_are_sorted=True)
+            sent = _to_wire(sent, payload_dtype)
+            received = jax.lax.ppermute(sent, AXIS, shift_permutation(spec.nodes, shift))
+            parts.append(_from_wire(received, payload_dtype, x.dtype))
+    x_all = jnp.concatenate(parts, axis=-1) if len(parts) > 1 else x
+    return linear(spec, x_all, kernel[0], None if bias is None else bias[0])
+
+
+class DistributedLayer:
+    """A layer plan placed on a mesh, callable on global (channel-sharded) arrays.
+
+    Arguments:
+      plan: the layer's frozen plan.
+      mesh: a 1-D mesh over ``AXIS`` with ``plan.spec.nodes`` devices
+        (:func:`disco_jax.make_mesh`).
+      payload_dtype: dtype the exchanged channels travel in (default float32).
+
+    Calling it with ``x: f32[B, H, W, C_in]`` (or ``[..., C_in]``) returns the
+    layer's output ``f32[B, H_out, W_out, C_out]`` sharded over channels.
+    """
+
+    def __init__(self, plan: LayerPlan, mesh: Mesh, *, payload_dtype=None):
+        spec = plan.spec
+        if mesh.shape.get(AXIS) != spec.nodes or len(mesh.shape) != 1:
+            raise ConfigError(
+                f"{plan.name}: the plan is for {spec.nodes} nodes but the mesh is "
+                f"{dict(mesh.shape)}; build it with disco_jax.make_mesh({spec.nodes})")
+        self.plan, self.mesh = plan, mesh
+        self.payload_dtype = payload_dtype
+        self.send_idx = shard_nodes(jnp.asarray(plan.send_idx), mesh)
+        self.kernel = shard_nodes(jnp.asarray(plan.kernel), mesh)
+        self.bias = None if plan.bias is None else shard_nodes(jnp.asarray(plan.bias), mesh)
+        self._fns = {}
+
+    def _fn(self, ndim: int):
+        if ndim not in self._fns:
+            body = functools.partial(node_forward, self.plan.spec, self.plan.k,
+                                     payload_dtype=self.payload_dtype)
+            bias_spec = node_spec() if self.bias is not None else PartitionSpec()
+            self._fns[ndim] = jax.jit(jax.shard_map(
+                body, mesh=self.mesh,
+                in_specs=(channel_spec(ndim), node_spec(), node_spec(), bias_spec),
+                out_specs=channel_spec(ndim)))
+        return self._fns[ndim]
+
+    def _check(self, x) -> None:
+        spec = self.plan.spec
+        rank_ok = np.ndim(x) == 4 if spec.kind == "conv" else np.ndim(x) >= 1
+        if not rank_ok or np.shape(x)[-1] != spec.c_in:
+            layout = "[B, H, W, C]" if spec.kind == "conv" else "[..., C]"
+            raise ConfigError(f"{self.plan.name}: expected input {layout} with "
+                              f"C={spec.c_in}, got shape {tuple(np.shape(x))}")
+
+    def inputs(self, x: jax.Array) -> tuple:
+        """The arguments of the sharded function: ``x`` split over channels, then
+        the placed plan arrays (send indices, packed kernel, bias)."""
+        self._check(x)
+        return shard_channels(x, self.mesh), self.send_idx, self.kernel, self.bias
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self._fn(np.ndim(x))(*self.inputs(x))
+
+    def compile(self, x: jax.Array) -> jax.stages.Compiled:
+        """The XLA executable for inputs shaped like ``x``, to inspect its HLO and
+        costs; run it as ``compiled(*layer.inputs(x))``."""
+        return self._fn(np.ndim(x)).lower(*self.inputs(x)).compile()
