@@ -20,4 +20,8 @@ settings.register_profile(
     "disco", deadline=None, print_blob=True,
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.load_profile("disco")
+# CI replays the same generated cases every run (derandomize); locally each run
+# draws new ones.
+settings.register_profile("disco-ci", parent=settings.get_profile("disco"), derandomize=True,
+                          database=None)
+settings.load_profile("disco-ci" if os.environ.get("CI") else "disco")

@@ -10,19 +10,20 @@ random masks. Each generated case checks, on one compiled executable
 - no other collective in the program;
 - XLA's FLOPs within 5% of the accounting formula (2 per multiply-add), except
   for two degenerate products that XLA rewrites as elementwise ops: a
-  contraction of length one (counted 1 FLOP per product) and a dense layer on
-  a single row with a single output channel per node, a dot product (counted
-  2R-1 per output). Real layers are never degenerate.
+  contraction of length one (counted 1 FLOP per product) and a single output
+  position with a single output channel per node, a dot product (counted 2R-1
+  FLOPs). Real layers are never degenerate.
 """
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 from helpers import randomize
-from hypothesis import event, given, settings
-from hypothesis import strategies as st
+from hypothesis import event, given, settings, strategies as st
 
 import disco_jax as dj
+from disco_jax.accounting import out_spatial
 from disco_jax.verify import verify_layer
 
 NODES = [1, 2, 3, 4, 8]
@@ -30,8 +31,8 @@ NODES = [1, 2, 3, 4, 8]
 
 def is_degenerate(spec: dj.LayerSpec, k: int, x_shape) -> bool:
     contraction = (spec.group_in + (spec.nodes - 1) * k) * spec.kernel**2
-    dot_product = spec.kind == "dense" and np.prod(x_shape[:-1]) == 1 and spec.group_out == 1
-    return contraction == 1 or dot_product
+    rows = x_shape[0] * np.prod(out_spatial(spec, x_shape[1:-1]))  # output positions
+    return contraction == 1 or (rows == 1 and spec.group_out == 1)
 
 
 def check_layer(layer, x, *, payload_dtype=None, tol=1e-4, check_flops=True) -> bool:
@@ -104,3 +105,13 @@ def test_bfloat16_payload_halves_the_bytes_and_stays_close():
     x = jax.random.normal(jax.random.key(2), (2, 6, 6, 16))
     # The casts to and from bfloat16 cost FLOPs the formula leaves out.
     check_layer(layer, x, payload_dtype=jax.numpy.bfloat16, tol=2e-2, check_flops=False)
+
+
+@pytest.mark.parametrize("nodes", NODES)
+@pytest.mark.parametrize("c_in,kernel,stride", [(1, 3, 1), (3, 7, 2)])
+def test_layer_on_the_replicated_input_sends_nothing(nodes, c_in, kernel, stride):
+    layer = dj.DiscoConv(c_in, 2 * nodes, kernel, strides=stride, nodes=nodes,
+                         split_input=False, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, c_in))
+    assert check_layer(layer, x)
+    assert dj.layer_costs(layer.spec, 0, (9, 9))["disco"].comm_bytes == 0

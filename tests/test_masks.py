@@ -4,8 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 import disco_jax as dj
 from disco_jax.masks import indices_to_mask, mask_to_indices, pair_counts

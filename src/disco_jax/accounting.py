@@ -26,9 +26,13 @@ import math
 import re
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from disco_jax.layers import LayerSpec
+from disco_jax.layers import LayerSpec, disco_layers, record_input_shapes
+from disco_jax.plan import Plan, compile_plan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +98,8 @@ def _variant(spec: LayerSpec, in_spatial, width: int, sent_per_pair: int, c_out:
     kernel_area = spec.kernel ** 2 if spec.kind == "conv" else 1
     outputs = math.prod(out_spatial(spec, in_spatial)) * c_out
     bias = outputs if spec.use_bias else 0
+    if not spec.split_input:  # the replicated network input is reported apart
+        sent_per_pair = 0
     values = spec.nodes * (spec.nodes - 1) * sent_per_pair * math.prod(
         read_spatial(spec, in_spatial))
     return Cost(
@@ -121,6 +127,79 @@ def layer_costs(spec: LayerSpec, k: int, in_spatial: Sequence[int], *,
         "dense_split": _variant(spec, in_spatial, spec.c_in, g_in, g_out, payload_bytes),
         "disco": _variant(spec, in_spatial, g_in + (n - 1) * k, k, g_out, payload_bytes),
     }
+
+
+VARIANTS = ("single", "dense_split", "disco")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCosts:
+    """Per-sample costs of a whole model.
+
+    Attributes:
+      layers: per DISCO layer (by name), its costs and input shape.
+      totals: per variant, the sum over DISCO layers, plus the folded
+        BatchNorm scale/shift (2 per channel) in ``params``. FLOPs leave out
+        the per-channel ops (BatchNorm, activations, adds, pooling).
+    """
+
+    layers: dict[str, dict]
+    totals: dict[str, Cost]
+
+    @property
+    def comm_reduction(self) -> float | None:
+        """Dense-split bytes / DISCO bytes (None when DISCO sends nothing)."""
+        disco = self.totals["disco"].comm_bytes
+        return self.totals["dense_split"].comm_bytes / disco if disco else None
+
+
+def layer_input_shapes(model: nnx.Module, input_shape: Sequence[int]) -> dict[str, tuple]:
+    """The input shape of every DISCO layer of ``model`` for a given model input
+    (traced abstractly, nothing is computed)."""
+    graphdef, state = nnx.split(model)
+    shapes: dict[str, tuple] = {}
+
+    def run(state, x):
+        module = nnx.merge(graphdef, state)
+        names = {id(layer): name for name, layer in disco_layers(module).items()}
+        with record_input_shapes() as seen:
+            out = module(x)
+        shapes.update({names[key]: shape for key, shape in seen.items()})
+        return out
+
+    jax.eval_shape(run, state, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
+    return shapes
+
+
+def model_costs(model: nnx.Module, input_shape: Sequence[int], plan: Plan | None = None, *,
+                payload_bytes: int = 4) -> ModelCosts:
+    """Per-sample costs of every DISCO layer of ``model`` and their totals.
+
+    Arguments:
+      model: the model (training form); input_shape: its input, batch first.
+      plan: its plan (default: compiled from ``model``).
+    """
+    plan = compile_plan(model) if plan is None else plan
+    shapes = layer_input_shapes(model, input_shape)
+    layers = {}
+    for name, layer in plan.items():
+        if name not in shapes:
+            raise ValueError(f"layer {name} is not called by the model's forward pass")
+        costs = layer_costs(layer.spec, layer.k, shapes[name][1:-1], payload_bytes=payload_bytes)
+        layers[name] = {"input_shape": shapes[name][1:], "k": layer.k, **costs}
+    norm_channels = sum(module.mean.shape[-1] for _, module in nnx.iter_modules(model)
+                        if isinstance(module, nnx.BatchNorm))
+    nodes = plan.nodes
+    totals = {}
+    for variant in VARIANTS:
+        per_node = 1 if variant == "single" else nodes
+        totals[variant] = Cost(
+            comm_values=sum(entry[variant].comm_values for entry in layers.values()),
+            comm_bytes=sum(entry[variant].comm_bytes for entry in layers.values()),
+            flops=sum(entry[variant].flops for entry in layers.values()),
+            params=sum(entry[variant].params for entry in layers.values())
+            + 2 * norm_channels // per_node)
+    return ModelCosts(layers, totals)
 
 
 _DTYPE_BYTES = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "s64": 8, "s32": 4, "u32": 4,

@@ -21,8 +21,10 @@ This module owns the layer's arithmetic and its training form:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import jax
@@ -49,6 +51,10 @@ class LayerSpec:
       stride: spatial stride (1 for dense).
       padding: ``"SAME"``, ``"VALID"`` or a symmetric integer padding.
       use_bias: whether the layer adds a bias.
+      split_input: True (a DISCO layer): node n owns C_in/N input channels and
+        receives k per other node. False: every node is given the whole input
+        (the network input, e.g. an RGB image) and computes its C_out/N
+        outputs from it; nothing travels and C_in need not divide by N.
     """
 
     kind: Literal["conv", "dense"]
@@ -59,6 +65,7 @@ class LayerSpec:
     stride: int = 1
     padding: Padding = "SAME"
     use_bias: bool = True
+    split_input: bool = True
 
     def validate(self, name: str = "layer") -> LayerSpec:
         """Raises :class:`ConfigError` naming ``name`` if the spec cannot work."""
@@ -75,7 +82,7 @@ class LayerSpec:
             raise ConfigError(
                 f"{name}: padding must be 'SAME', 'VALID' or a non-negative int, "
                 f"got {self.padding!r}")
-        for field in ("c_in", "c_out"):
+        for field in ("c_in", "c_out") if self.split_input else ("c_out",):
             channels = getattr(self, field)
             if channels % self.nodes:
                 raise ConfigError(
@@ -86,8 +93,13 @@ class LayerSpec:
 
     @property
     def group_in(self) -> int:
-        """Input channels owned by one node, C_in/N."""
-        return self.c_in // self.nodes
+        """Input channels a node holds: C_in/N, or C_in for a replicated input."""
+        return self.c_in // self.nodes if self.split_input else self.c_in
+
+    @property
+    def mask_shape(self) -> tuple[int, int, int]:
+        """Shape of the layer's :class:`CommMask` (empty for a replicated input)."""
+        return (self.nodes, self.nodes, self.group_in if self.split_input else 0)
 
     @property
     def group_out(self) -> int:
@@ -117,10 +129,11 @@ class LayerSpec:
                 and self.padding in ("SAME", "VALID", 0))
 
     def describe(self) -> str:
+        replicated = "" if self.split_input else ", replicated input"
         if self.kind == "dense":
-            return f"dense {self.c_in}->{self.c_out}, N={self.nodes}"
+            return f"dense {self.c_in}->{self.c_out}, N={self.nodes}{replicated}"
         return (f"conv {self.kernel}x{self.kernel} {self.c_in}->{self.c_out}, "
-                f"stride {self.stride}, N={self.nodes}")
+                f"stride {self.stride}, N={self.nodes}{replicated}")
 
 
 def read_input(spec: LayerSpec, x: jax.Array) -> jax.Array:
@@ -184,6 +197,22 @@ class CommMask(nnx.Variable):
     """
 
 
+_INPUT_SHAPES: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "disco_input_shapes", default=None)
+
+
+@contextlib.contextmanager
+def record_input_shapes() -> Iterator[dict[int, tuple[int, ...]]]:
+    """Within the block, DISCO layers called in training form record their input
+    shapes, keyed by ``id(layer)`` (used for per-layer accounting)."""
+    shapes: dict[int, tuple[int, ...]] = {}
+    token = _INPUT_SHAPES.set(shapes)
+    try:
+        yield shapes
+    finally:
+        _INPUT_SHAPES.reset(token)
+
+
 class _DiscoLinear(nnx.Module):
     """Shared body of :class:`DiscoConv` and :class:`DiscoDense` (training form)."""
 
@@ -195,11 +224,13 @@ class _DiscoLinear(nnx.Module):
         self.spec = spec.validate(self.name)
         self.kernel = nnx.Param(kernel_init(rngs.params(), spec.kernel_shape, jnp.float32))
         self.bias = nnx.Param(jnp.zeros((spec.c_out,), jnp.float32)) if spec.use_bias else None
-        self.mask = CommMask(jnp.ones((spec.nodes, spec.nodes, spec.group_in), jnp.float32))
+        self.mask = CommMask(jnp.ones(spec.mask_shape, jnp.float32))
 
     def masked_kernel(self) -> jax.Array:
         """The training-form kernel: off-diagonal blocks multiplied by the mask."""
         kernel = self.kernel[...]
+        if not self.spec.split_input:
+            return kernel
         mask = weight_mask(self.spec, self.mask[...])
         return kernel * mask.reshape((1,) * (kernel.ndim - 2) + mask.shape)
 
@@ -215,6 +246,9 @@ class _DiscoLinear(nnx.Module):
             raise ConfigError(
                 f"{self.name}: expected input {layout} with C={self.spec.c_in}, "
                 f"got shape {tuple(x.shape)}")
+        recorder = _INPUT_SHAPES.get()
+        if recorder is not None:
+            recorder[id(self)] = tuple(x.shape)
         bias = None if self.bias is None else self.bias[...]
         return linear(self.spec, read_input(self.spec, x), self.masked_kernel(), bias)
 
@@ -229,17 +263,19 @@ class DiscoConv(_DiscoLinear):
       padding: ``"SAME"``, ``"VALID"`` or a symmetric integer.
       nodes: N; C_in and C_out must divide by it.
       use_bias: whether to add a bias.
+      split_input: False for a layer that reads the replicated network input
+        (see :class:`LayerSpec`).
       name: used in error messages and as the layer's name in plans when the
         layer is compiled on its own.
     """
 
     def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
                  strides: int = 1, padding: Padding = "SAME", nodes: int = 1,
-                 use_bias: bool = True, name: str | None = None,
+                 use_bias: bool = True, split_input: bool = True, name: str | None = None,
                  kernel_init: Callable = _DEFAULT_INIT,
                  rngs: nnx.Rngs):
         spec = LayerSpec("conv", in_features, out_features, nodes, kernel_size, strides,
-                         padding, use_bias)
+                         padding, use_bias, split_input)
         self._init(spec, name, kernel_init, rngs)
 
 
@@ -250,8 +286,19 @@ class DiscoDense(_DiscoLinear):
     """
 
     def __init__(self, in_features: int, out_features: int, *, nodes: int = 1,
-                 use_bias: bool = True, name: str | None = None,
+                 use_bias: bool = True, split_input: bool = True, name: str | None = None,
                  kernel_init: Callable = _DEFAULT_INIT,
                  rngs: nnx.Rngs):
-        spec = LayerSpec("dense", in_features, out_features, nodes, 1, 1, "SAME", use_bias)
+        spec = LayerSpec("dense", in_features, out_features, nodes, 1, 1, "SAME", use_bias,
+                         split_input)
         self._init(spec, name, kernel_init, rngs)
+
+
+def disco_layers(model: nnx.Module) -> dict[str, _DiscoLinear]:
+    """The DISCO layers of ``model`` by path name (``"blocks/0/conv1"``); a lone
+    layer is named by its ``name``."""
+    found = {}
+    for path, module in nnx.iter_modules(model):
+        if isinstance(module, _DiscoLinear):
+            found["/".join(str(p) for p in path) or module.name] = module
+    return found

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from disco_jax.errors import ConfigError
+from disco_jax.layers import disco_layers
 
 
 def check_k(k: int, group: int, name: str = "layer") -> int:
@@ -134,3 +135,20 @@ def indices_to_mask(indices: np.ndarray, group: int) -> np.ndarray:
         for s in range(1, n):
             mask[(j + s) % n, j, indices[j, s - 1]] = 1.0
     return mask
+
+
+def set_random_masks(model, key: jax.Array, comm_ratio: float) -> dict[str, int]:
+    """Gives every DISCO layer of ``model`` a random exact mask at ``comm_ratio``.
+
+    Returns the budget k chosen for each layer (layers with a replicated input
+    have no mask and are skipped).
+    """
+    budgets = {}
+    for index, (name, layer) in enumerate(sorted(disco_layers(model).items())):
+        spec = layer.spec
+        if not spec.split_input:
+            continue
+        budgets[name] = k_for_ratio(comm_ratio, spec.group_in, name)
+        layer.mask[...] = random_mask(jax.random.fold_in(key, index), spec.nodes,
+                                      spec.group_in, budgets[name])
+    return budgets

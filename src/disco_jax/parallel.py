@@ -18,7 +18,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from disco_jax.errors import ConfigError
 from disco_jax.layers import LayerSpec, linear, read_input
@@ -53,7 +53,8 @@ def node_forward(spec: LayerSpec, k: int, x: jax.Array, send_idx: jax.Array,
     """One node's share of a DISCO layer; call inside ``shard_map`` over ``AXIS``.
 
     Arguments (local shapes):
-      x: ``f32[B, H, W, C_in/N]`` or ``f32[..., C_in/N]``: this node's channels.
+      x: ``f32[B, H, W, C_in/N]`` or ``f32[..., C_in/N]``: this node's channels
+        (all C_in channels for a layer with a replicated input).
       send_idx: ``int32[1, N-1, k]``: channels this node sends at each shift.
       kernel: ``f32[1, *K, C_in/N + (N-1)*k, C_out/N]``: this node's packed kernel.
       bias: ``f32[1, C_out/N]`` or None.
@@ -108,9 +109,10 @@ class DistributedLayer:
             body = functools.partial(node_forward, self.plan.spec, self.plan.k,
                                      payload_dtype=self.payload_dtype)
             bias_spec = node_spec() if self.bias is not None else PartitionSpec()
+            x_spec = channel_spec(ndim) if self.plan.spec.split_input else PartitionSpec()
             self._fns[ndim] = jax.jit(jax.shard_map(
                 body, mesh=self.mesh,
-                in_specs=(channel_spec(ndim), node_spec(), node_spec(), bias_spec),
+                in_specs=(x_spec, node_spec(), node_spec(), bias_spec),
                 out_specs=channel_spec(ndim)))
         return self._fns[ndim]
 
@@ -126,7 +128,11 @@ class DistributedLayer:
         """The arguments of the sharded function: ``x`` split over channels, then
         the placed plan arrays (send indices, packed kernel, bias)."""
         self._check(x)
-        return shard_channels(x, self.mesh), self.send_idx, self.kernel, self.bias
+        if self.plan.spec.split_input:
+            x = shard_channels(x, self.mesh)
+        else:
+            x = jax.device_put(x, NamedSharding(self.mesh, PartitionSpec()))
+        return x, self.send_idx, self.kernel, self.bias
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self._fn(np.ndim(x))(*self.inputs(x))

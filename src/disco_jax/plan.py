@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from disco_jax.errors import ConfigError, PlanError
-from disco_jax.layers import LayerSpec, _DiscoLinear
+from disco_jax.layers import LayerSpec, _DiscoLinear, disco_layers
 from disco_jax.masks import check_k, mask_to_indices
 
 FORMAT = "disco_jax.plan"
@@ -116,6 +116,9 @@ def pack_kernel(spec: LayerSpec, kernel: np.ndarray, send_idx: np.ndarray) -> np
     packed = []
     for i in range(n):
         columns = kernel[..., i * g_out:(i + 1) * g_out]
+        if not spec.split_input:  # every node reads the whole (replicated) input
+            packed.append(columns)
+            continue
         rows = [columns[..., i * g_in:(i + 1) * g_in, :]]
         for s in range(1, n):
             j = (i - s) % n
@@ -138,15 +141,6 @@ def compile_layer(layer: _DiscoLinear, name: str | None = None) -> LayerPlan:
         bias = np.asarray(layer.bias[...]).reshape(spec.nodes, spec.group_out)
     return LayerPlan(name, spec, k, send_idx,
                      pack_kernel(spec, np.asarray(layer.kernel[...]), send_idx), bias)
-
-
-def disco_layers(model: nnx.Module) -> dict[str, _DiscoLinear]:
-    """The DISCO layers of ``model`` by path name (``"blocks/0/conv1"``)."""
-    found = {}
-    for path, module in nnx.iter_modules(model):
-        if isinstance(module, _DiscoLinear):
-            found["/".join(str(p) for p in path) or module.name] = module
-    return found
 
 
 def compile_plan(model: nnx.Module) -> Plan:

@@ -1,0 +1,182 @@
+"""Whole-model inference on a mesh, from the same model definition.
+
+A model is written once, as an NNX module whose linear layers are DISCO layers
+and whose other layers act per channel (BatchNorm, activations, residual adds,
+pooling). :func:`to_inference` turns a trained model and its plan into the
+model's *inference form*: the same module tree and the same ``__call__``, with
+
+- every DISCO layer replaced by a :class:`PlannedLinear` (its frozen plan:
+  send indices + packed weights; calls :func:`~disco_jax.parallel.node_forward`),
+- every ``nnx.BatchNorm`` folded into a per-channel :class:`ChannelAffine`
+  (running statistics -> scale and shift),
+
+and every array of it a :class:`PlanArray` whose leading axis is the node.
+:class:`DistributedModel` places those arrays so that node n holds only row n
+and runs the module inside ``jit(shard_map(...))``: each activation is then
+one node's channels, and only the planned channels cross the wire.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from disco_jax.errors import ConfigError
+from disco_jax.layers import _DiscoLinear, disco_layers
+from disco_jax.mesh import AXIS, channel_spec, node_spec
+from disco_jax.parallel import node_forward
+from disco_jax.plan import LayerPlan, Plan, check_plan_matches, compile_plan
+
+
+class PlanArray(nnx.Variable):
+    """An array of an inference-form model: leading axis N, one row per node."""
+
+
+class PlannedLinear(nnx.Module):
+    """A DISCO layer in inference form; call it inside ``shard_map`` over ``AXIS``."""
+
+    def __init__(self, plan: LayerPlan, *, payload_dtype=None):
+        self.name, self.spec, self.k = plan.name, plan.spec, plan.k
+        self.payload_dtype = payload_dtype
+        self.send_idx = PlanArray(jnp.asarray(plan.send_idx))
+        self.kernel = PlanArray(jnp.asarray(plan.kernel))
+        self.bias = None if plan.bias is None else PlanArray(jnp.asarray(plan.bias))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        bias = None if self.bias is None else self.bias[...]
+        return node_forward(self.spec, self.k, x, self.send_idx[...], self.kernel[...], bias,
+                            payload_dtype=self.payload_dtype)
+
+
+class ChannelAffine(nnx.Module):
+    """``x * scale + shift`` per channel: a BatchNorm with its statistics folded in.
+
+    Arrays are ``f32[N, C/N]``; inside ``shard_map`` a node sees ``[1, C/N]``.
+    """
+
+    def __init__(self, batch_norm: nnx.BatchNorm, nodes: int, name: str):
+        mean, var = batch_norm.mean[...], batch_norm.var[...]
+        channels = mean.shape[-1]
+        if channels % nodes:
+            raise ConfigError(f"{name}: BatchNorm over {channels} channels does not divide "
+                              f"over {nodes} nodes")
+        scale = jax.lax.rsqrt(var + batch_norm.epsilon)
+        if batch_norm.scale is not None:
+            scale = scale * batch_norm.scale[...]
+        shift = -mean * scale
+        if batch_norm.bias is not None:
+            shift = shift + batch_norm.bias[...]
+        self.scale = PlanArray(scale.reshape(nodes, -1))
+        self.shift = PlanArray(shift.reshape(nodes, -1))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (1,) * (x.ndim - 1) + (-1,)
+        return x * self.scale[...].reshape(shape) + self.shift[...].reshape(shape)
+
+
+def _replace(root: nnx.Module, path: tuple, new: nnx.Module) -> None:
+    parent = root
+    for key in path[:-1]:
+        parent = parent[key] if isinstance(key, int) else getattr(parent, key)
+    if isinstance(path[-1], int):
+        parent[path[-1]] = new
+    else:
+        setattr(parent, path[-1], new)
+
+
+def to_inference(model: nnx.Module, plan: Plan | None = None, *,
+                 payload_dtype=None) -> nnx.Module:
+    """The inference form of ``model`` (a copy; ``model`` is left as it is).
+
+    Arguments:
+      model: a trained model whose DISCO layers have exact masks.
+      plan: its plan (default: compiled from ``model`` now); checked against it.
+      payload_dtype: dtype the exchanged channels travel in (default float32).
+
+    Raises:
+      PlanError: ``plan`` was compiled from another model.
+      ConfigError: the model has a layer that cannot be split by channels.
+    """
+    plan = compile_plan(model) if plan is None else plan
+    check_plan_matches(plan, model)
+    nodes = plan.nodes
+    inference = nnx.clone(model)
+    names = {id(layer): name for name, layer in disco_layers(inference).items()}
+    replacements = []
+    for path, module in nnx.iter_modules(inference):
+        name = "/".join(str(p) for p in path)
+        if isinstance(module, _DiscoLinear):
+            replacements.append((path, PlannedLinear(plan[names[id(module)]],
+                                                     payload_dtype=payload_dtype)))
+        elif isinstance(module, nnx.BatchNorm):
+            replacements.append((path, ChannelAffine(module, nodes, name)))
+    for path, new in replacements:
+        if not path:
+            return new
+        _replace(inference, path, new)
+    for path, module in nnx.iter_modules(inference):
+        for attribute, value in vars(module).items():
+            if isinstance(value, nnx.Variable) and not isinstance(value, PlanArray):
+                raise ConfigError(
+                    f"{'/'.join(map(str, path)) or 'the model'} ({type(module).__name__}) holds "
+                    f"a {type(value).__name__} '{attribute}' that DISCO cannot split over "
+                    "nodes. Use DiscoConv/DiscoDense for linear layers and nnx.BatchNorm or "
+                    "parameter-free ops for the rest.")
+    return inference
+
+
+class DistributedModel:
+    """A model's inference form placed on a mesh: call it on global inputs.
+
+    Arguments:
+      model: the trained model (training form).
+      mesh: a 1-D mesh over ``AXIS`` with ``plan.nodes`` devices.
+      plan: the model's plan (default: compiled from ``model``).
+      payload_dtype: dtype the exchanged channels travel in (default float32).
+      output_rank: rank of the model's output (2 for logits ``[B, classes]``);
+        outputs are split over nodes on their last axis.
+      output_channels: keep only the first this many output channels (a
+        classifier padded to a multiple of N; ``model.num_classes``).
+
+    The network input is given to every node (replicated); the output comes
+    back as one global array.
+    """
+
+    def __init__(self, model: nnx.Module, mesh: Mesh, plan: Plan | None = None, *,
+                 payload_dtype=None, output_rank: int = 2,
+                 output_channels: int | None = None):
+        plan = compile_plan(model) if plan is None else plan
+        if mesh.shape.get(AXIS) != plan.nodes or len(mesh.shape) != 1:
+            raise ConfigError(f"the plan is for {plan.nodes} nodes but the mesh is "
+                              f"{dict(mesh.shape)}; build it with make_mesh({plan.nodes})")
+        self.mesh, self.plan = mesh, plan
+        self.graphdef, state = nnx.split(to_inference(model, plan, payload_dtype=payload_dtype))
+        self.state = jax.device_put(state, NamedSharding(mesh, node_spec()))
+
+        def body(state, x):
+            return nnx.merge(self.graphdef, state)(x)
+
+        self.output_channels = output_channels
+        self._fn = jax.jit(jax.shard_map(body, mesh=mesh,
+                                         in_specs=(node_spec(), PartitionSpec()),
+                                         out_specs=channel_spec(output_rank)))
+
+    def inputs(self, x: jax.Array) -> tuple:
+        """The arguments of the sharded function: the placed arrays and ``x``."""
+        return self.state, jax.device_put(x, NamedSharding(self.mesh, PartitionSpec()))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.outputs(self._fn(*self.inputs(x)))
+
+    def outputs(self, y: jax.Array) -> jax.Array:
+        """Drops the padding columns of a padded classifier (after the sharded
+        program, so that slicing adds no collective to it)."""
+        return y if self.output_channels is None else y[..., :self.output_channels]
+
+    def compile(self, x: jax.Array) -> jax.stages.Compiled:
+        """The XLA executable for inputs shaped like ``x``; run it as
+        ``model.outputs(compiled(*model.inputs(x)))``."""
+        return self._fn.lower(*self.inputs(x)).compile()
+

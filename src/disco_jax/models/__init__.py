@@ -1,0 +1,11 @@
+"""Networks built from DISCO layers, one family per module."""
+
+from disco_jax.models.resnet import (
+    BasicBlock as BasicBlock,
+    Bottleneck as Bottleneck,
+    ResNet as ResNet,
+    ResNet18 as ResNet18,
+    ResNet34 as ResNet34,
+    ResNet50 as ResNet50,
+    ResNet101 as ResNet101,
+)

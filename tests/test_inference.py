@@ -1,0 +1,78 @@
+"""Whole-model inference: the same model definition, run on a mesh."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from helpers import TinyNet, relative_error
+
+import disco_jax as dj
+from disco_jax.inference import PlanArray, to_inference
+
+
+@pytest.mark.parametrize("nodes,k", [(1, 0), (2, 0), (2, 1), (2, 4), (4, 1), (8, 1)])
+def test_distributed_model_matches_the_single_device_model(nodes, k):
+    model = TinyNet(nodes, k)
+    model.eval()
+    x = jax.random.normal(jax.random.key(0), (3, 12, 12, 1))
+    distributed = dj.DistributedModel(model, dj.make_mesh(nodes))
+    compiled = distributed.compile(x)
+    out = compiled(*distributed.inputs(x))
+    assert relative_error(out, model(x)) <= 1e-4
+
+    costs = dj.model_costs(model, x.shape)
+    hlo = compiled.as_text()
+    assert dj.hlo_permute_bytes(hlo) == costs.totals["disco"].comm_bytes * x.shape[0]
+    assert dj.hlo_other_collectives(hlo) == []
+
+
+def test_model_costs_by_layer_and_in_total():
+    model = TinyNet(2, 1)
+    costs = dj.model_costs(model, (1, 12, 12, 1))
+    assert costs.layers["stem"]["input_shape"] == (12, 12, 1)
+    assert costs.layers["head"]["input_shape"] == (16,)
+    assert costs.layers["stem"]["disco"].comm_values == 0  # replicated input: reported apart
+    # conv1: 2 nodes x 1 other x k=1 x 12*12 pixels
+    assert costs.layers["conv1"]["disco"].comm_values == 2 * 1 * 1 * 144
+    assert costs.layers["proj"]["disco"].comm_values == 2 * 1 * 1 * 36  # reads 6x6 pixels
+    total = sum(layer["disco"].comm_bytes for layer in costs.layers.values())
+    assert costs.totals["disco"].comm_bytes == total
+    # values per pair, dense split vs DISCO: conv1, down (4 vs 1 channels of 12x12),
+    # proj (4 vs 1 of 6x6), head (8 vs 1)
+    assert costs.comm_reduction == pytest.approx((4 * 144 * 2 + 4 * 36 + 8) / (144 * 2 + 36 + 1))
+
+
+def test_inference_form_holds_only_per_node_arrays():
+    inference = to_inference(TinyNet(4, 1))
+    leaves = nnx.to_flat_state(nnx.state(inference))
+    assert leaves and all(isinstance(v, PlanArray) and v.shape[0] == 4 for _, v in leaves)
+
+
+def test_training_model_is_left_unchanged():
+    model = TinyNet(2, 1)
+    before = jax.tree.map(np.asarray, nnx.state(model))
+    to_inference(model)
+    after = jax.tree.map(np.asarray, nnx.state(model))
+    jax.tree.map(np.testing.assert_array_equal, before, after)
+    assert isinstance(model.conv1, dj.DiscoConv)
+
+
+class WithPlainLinear(nnx.Module):
+    def __init__(self):
+        self.conv = dj.DiscoConv(4, 4, 3, nodes=2, rngs=nnx.Rngs(0))
+        self.head = nnx.Linear(4, 2, rngs=nnx.Rngs(0))
+
+    def __call__(self, x):
+        return self.head(self.conv(x).mean(axis=(1, 2)))
+
+
+def test_a_layer_that_cannot_be_split_is_named():
+    expected = r"head \(Linear\) holds a Param '.*' that DISCO cannot split"
+    with pytest.raises(dj.ConfigError, match=expected):
+        to_inference(WithPlainLinear())
+
+
+def test_a_plan_from_another_model_is_refused():
+    plan = dj.compile_plan(TinyNet(2, 1, width=8))
+    with pytest.raises(dj.PlanError, match=r"layer conv1: the model has a conv 3x3 16->16"):
+        dj.DistributedModel(TinyNet(2, 1, width=16), dj.make_mesh(2), plan)
