@@ -158,3 +158,10 @@ def test_a_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         dj.save_plan(dj.compile_plan(TwoLayer(nodes=2)), tmp_path / "plan")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_plan_with_unsorted_or_out_of_range_indices_is_refused():
+    plan = dj.compile_plan(TwoLayer(nodes=2, k=2))["conv"]
+    for bad in (plan.send_idx[..., ::-1], plan.send_idx + 8):
+        with pytest.raises(dj.PlanError, match="send indices must be increasing"):
+            dj.LayerPlan(plan.name, plan.spec, plan.k, bad, plan.kernel, plan.bias)

@@ -64,8 +64,10 @@ class LayerPlan:
                 raise PlanError(f"{self.name}: {field} has shape {actual}, the plan of "
                                 f"a {spec.describe()} layer with k={self.k} needs {shape}")
         if self.send_idx.size and not (0 <= self.send_idx.min() and
-                                       self.send_idx.max() < spec.group_in):
-            raise PlanError(f"{self.name}: send indices must lie in [0, {spec.group_in})")
+                                       self.send_idx.max() < spec.group_in and
+                                       np.all(np.diff(self.send_idx, axis=-1) > 0)):
+            raise PlanError(f"{self.name}: send indices must be increasing and lie in "
+                            f"[0, {spec.group_in}); compile the plan from the layer's mask")
 
     @property
     def comm_ratio(self) -> float:
