@@ -7,6 +7,8 @@ subset of its channels. The public API is what this file re-exports:
 - layers (training form): :class:`DiscoConv`, :class:`DiscoDense`,
   :class:`LayerSpec`, :class:`CommMask`, :func:`disco_layers`
 - models: :mod:`disco_jax.models` (ResNet-18/34/50/101)
+- training: :mod:`disco_jax.train`, :mod:`disco_jax.sparsify` (mask methods),
+  :mod:`disco_jax.data`
 - masks: :func:`random_mask`, :func:`topk_mask`, :func:`dense_mask`,
   :func:`block_diagonal_mask`, :func:`k_for_ratio`, :func:`set_random_masks`
 - plans: :func:`compile_layer`, :func:`compile_plan`, :func:`save_plan`,

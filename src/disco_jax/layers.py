@@ -98,8 +98,8 @@ class LayerSpec:
 
     @property
     def mask_shape(self) -> tuple[int, int, int]:
-        """Shape of the layer's :class:`CommMask` (empty for a replicated input)."""
-        return (self.nodes, self.nodes, self.group_in if self.split_input else 0)
+        """Shape of the layer's :class:`CommMask`, ``(N, N, C_in/N)``."""
+        return (self.nodes, self.nodes, self.group_in)
 
     @property
     def group_out(self) -> int:
@@ -224,7 +224,8 @@ class _DiscoLinear(nnx.Module):
         self.spec = spec.validate(self.name)
         self.kernel = nnx.Param(kernel_init(rngs.params(), spec.kernel_shape, jnp.float32))
         self.bias = nnx.Param(jnp.zeros((spec.c_out,), jnp.float32)) if spec.use_bias else None
-        self.mask = CommMask(jnp.ones(spec.mask_shape, jnp.float32))
+        # a layer on the replicated input reads everything and has no mask
+        self.mask = CommMask(jnp.ones(spec.mask_shape, jnp.float32)) if spec.split_input else None
 
     def masked_kernel(self) -> jax.Array:
         """The training-form kernel: off-diagonal blocks multiplied by the mask."""

@@ -137,7 +137,10 @@ def compile_layer(layer: _DiscoLinear, name: str | None = None) -> LayerPlan:
     """
     name = name or layer.name
     spec = layer.spec
-    k, send_idx = mask_to_indices(layer.mask[...], name)
+    if spec.split_input:
+        k, send_idx = mask_to_indices(layer.mask[...], name)
+    else:  # the replicated input: nothing is sent
+        k, send_idx = 0, np.zeros((spec.nodes, spec.nodes - 1, 0), np.int32)
     bias = None
     if spec.use_bias:
         bias = np.asarray(layer.bias[...]).reshape(spec.nodes, spec.group_out)

@@ -1,0 +1,181 @@
+"""Learning which channels travel: mask methods behind one interface.
+
+A :class:`MaskMethod` acts on a model's DISCO layers during training through
+two hooks, so that the training loop and the models never change when a
+method does:
+
+- ``penalty(model, step)``: a term added to the loss, traced inside the jitted
+  train step (``step`` is an array);
+- ``update(model, step)``: called between steps (outside jit) to set the
+  layers' :class:`~disco_jax.layers.CommMask` values.
+
+Every method ends, at step ``end``, with an exact mask (k channels for every
+ordered node pair of every layer), after which training fine-tunes with the
+masks fixed.
+
+- :class:`GradualPruning`: the learned method. From ``start`` to ``end`` a
+  group-lasso penalty on each off-diagonal input channel's weights (per
+  receiver) pushes the unimportant ones towards zero, while the budget shrinks
+  from C_in/N to k on a cubic schedule; at each update the channels with the
+  smallest weight norm among those still read are dropped for good.
+- :class:`FixedMask`: the baselines, set once at ``start``: ``"random"`` (k
+  random channels per pair), ``"no_comm"`` (block-diagonal) and
+  ``"dense_split"`` (everything).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from disco_jax.errors import ConfigError
+from disco_jax.layers import _DiscoLinear, disco_layers
+from disco_jax.masks import block_diagonal_mask, dense_mask, k_for_ratio, random_mask, topk_mask
+
+
+class MaskMethod(Protocol):
+    """How masks are learned or chosen; see the module docstring."""
+
+    start: int
+    end: int
+
+    def penalty(self, model: nnx.Module, step: jax.Array) -> jax.Array: ...
+
+    def update(self, model: nnx.Module, step: int) -> None: ...
+
+
+def _split_layers(model: nnx.Module) -> dict[str, _DiscoLinear]:
+    """DISCO layers whose input is split over nodes (the ones with a mask)."""
+    return {name: layer for name, layer in sorted(disco_layers(model).items())
+            if layer.spec.split_input and layer.spec.nodes > 1}
+
+
+def channel_norms(layer: _DiscoLinear) -> jax.Array:
+    """``f32[N, N, C_in/N]``: the L2 norm of the weights receiver i applies to
+    channel c of sender j (over kernel taps and i's output channels)."""
+    spec = layer.spec
+    n, g_in, g_out = spec.nodes, spec.group_in, spec.group_out
+    kernel = layer.kernel[...].reshape(-1, n, g_in, n, g_out)  # [taps, j, c, i, o]
+    return jnp.sqrt(jnp.sum(kernel**2, axis=(0, 4))).transpose(2, 0, 1)  # [i, j, c]
+
+
+def _off_diagonal(n: int) -> jax.Array:
+    return ~jnp.eye(n, dtype=bool)[:, :, None]
+
+
+def check_schedule(start: int, end: int) -> None:
+    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
+        raise ConfigError(f"mask schedule needs 0 <= start <= end, got start={start!r}, "
+                          f"end={end!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GradualPruning:
+    """Group lasso + gradual magnitude pruning to an exact budget per layer.
+
+    Arguments:
+      comm_ratio: rho in [0, 1]; each layer keeps k = round(rho * C_in/N).
+      start, end: steps over which the budget shrinks to k (exact from ``end``).
+      interval: steps between mask updates during the schedule.
+      lasso: strength of the group-lasso penalty while pruning (0 switches it off).
+    """
+
+    comm_ratio: float
+    start: int
+    end: int
+    interval: int = 10
+    lasso: float = 1e-4
+
+    def __post_init__(self):
+        k_for_ratio(self.comm_ratio, 1, "GradualPruning")
+        check_schedule(self.start, self.end)
+        if self.interval < 1 or self.lasso < 0:
+            raise ConfigError("GradualPruning: interval must be >= 1 and lasso >= 0")
+
+    def budget(self, group: int, step: int) -> int:
+        """Channels per pair a layer with C_in/N = group reads at ``step``."""
+        k = k_for_ratio(self.comm_ratio, group)
+        if step >= self.end:
+            return k
+        if step < self.start:
+            return group
+        progress = (step - self.start) / max(self.end - self.start, 1)
+        return int(round(k + (group - k) * (1.0 - progress) ** 3))
+
+    def penalty(self, model: nnx.Module, step: jax.Array) -> jax.Array:
+        active = (step >= self.start) & (step < self.end)
+        total = jnp.zeros((), jnp.float32)
+        for layer in _split_layers(model).values():
+            norms = channel_norms(layer) * layer.mask[...]
+            total = total + jnp.sum(jnp.where(_off_diagonal(layer.spec.nodes), norms, 0.0))
+        return jnp.where(active, self.lasso, 0.0) * total
+
+    def update(self, model: nnx.Module, step: int) -> None:
+        due = step == self.end or (self.start <= step < self.end
+                                   and (step - self.start) % self.interval == 0)
+        if not due:
+            return
+        for layer in _split_layers(model).values():
+            group = layer.spec.group_in
+            # dropped channels never come back: they rank below every kept one
+            scores = jnp.where(layer.mask[...] > 0, channel_norms(layer), -1.0)
+            layer.mask[...] = topk_mask(scores, self.budget(group, step))
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedMask:
+    """A baseline mask set once, at ``start``, and kept (``end`` = ``start``).
+
+    Arguments:
+      kind: ``"random"`` (k random channels per pair, k from ``comm_ratio``),
+        ``"no_comm"`` (block-diagonal) or ``"dense_split"`` (all channels).
+      comm_ratio: rho for ``"random"``.
+      start: the step the mask is set.
+      seed: seeds the random mask (one stream per layer).
+    """
+
+    kind: Literal["random", "no_comm", "dense_split"]
+    comm_ratio: float = 0.0
+    start: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in ("random", "no_comm", "dense_split"):
+            raise ConfigError(f"FixedMask kind must be 'random', 'no_comm' or 'dense_split', "
+                              f"got {self.kind!r}")
+        k_for_ratio(self.comm_ratio, 1, "FixedMask")
+        check_schedule(self.start, self.start)
+
+    @property
+    def end(self) -> int:
+        return self.start
+
+    def penalty(self, model: nnx.Module, step: jax.Array) -> jax.Array:
+        return jnp.zeros((), jnp.float32)
+
+    def update(self, model: nnx.Module, step: int) -> None:
+        if step != self.start:
+            return
+        for index, layer in enumerate(_split_layers(model).values()):
+            n, group = layer.spec.nodes, layer.spec.group_in
+            if self.kind == "random":
+                key = jax.random.fold_in(jax.random.key(self.seed), index)
+                mask = random_mask(key, n, group, k_for_ratio(self.comm_ratio, group))
+            elif self.kind == "no_comm":
+                mask = block_diagonal_mask(n, group)
+            else:
+                mask = dense_mask(n, group)
+            layer.mask[...] = mask
+
+
+def budgets(model: nnx.Module) -> dict[str, np.ndarray]:
+    """Channels each receiver reads from each sender, ``int[N, N]`` per masked layer
+    (the diagonal is the node's own C_in/N)."""
+    from disco_jax.masks import pair_counts
+
+    return {name: pair_counts(layer.mask[...]) for name, layer in _split_layers(model).items()}

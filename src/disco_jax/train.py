@@ -1,0 +1,214 @@
+"""Training: optax optimiser, jitted train step, evaluation, orbax checkpoints.
+
+:func:`train` runs ``config.steps`` steps of SGD (momentum, cosine schedule,
+weight decay) on a model in training form, with an optional
+:class:`~disco_jax.sparsify.MaskMethod` that adds its penalty to the loss and
+sets the masks between steps. BatchNorm uses batch statistics in training and
+its running averages in :func:`evaluate`.
+
+With ``checkpoint_dir`` the run saves every ``config.checkpoint_every`` steps
+(model, optimiser, masks; orbax, written atomically) and, when started again,
+resumes from the latest checkpoint. The data order depends only on (seed,
+step) and the mask schedule only on the step, so a resumed run ends exactly
+where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from disco_jax.data import Split, batch_indices
+from disco_jax.errors import DiscoError
+
+
+class CheckpointError(DiscoError):
+    """A checkpoint that cannot be used for this model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Arguments of :func:`train`.
+
+    Attributes:
+      steps: total training steps (a resumed run stops at the same step).
+      batch_size: examples per step.
+      learning_rate: peak learning rate (after ``warmup_steps``), cosine decay to 0.
+      momentum, weight_decay: SGD settings.
+      seed: seeds the data order.
+      checkpoint_every: steps between checkpoints (with ``checkpoint_dir``).
+    """
+
+    steps: int
+    batch_size: int = 128
+    learning_rate: float = 0.05
+    warmup_steps: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    checkpoint_every: int = 100
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, config.warmup_steps, max(config.steps, config.warmup_steps + 1))
+    return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                       optax.sgd(schedule, momentum=config.momentum, nesterov=True))
+
+
+def _loss(model, images, labels, classes, method, step):
+    logits = model(images)[:, :classes]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    penalty = method.penalty(model, step) if method is not None else 0.0
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return loss + penalty, (loss, accuracy)
+
+
+def make_train_step(classes: int, method=None):
+    """A jitted ``step(model, optimizer, images, labels, step) -> (loss, accuracy)``."""
+
+    @nnx.jit
+    def train_step(model, optimizer, images, labels, step):
+        grads, (loss, accuracy) = nnx.grad(_loss, has_aux=True)(
+            model, images, labels, classes, method, step)
+        optimizer.update(model, grads)
+        return loss, accuracy
+
+    return train_step
+
+
+def evaluate(model: nnx.Module, split: Split, classes: int, *, batch_size: int = 500) -> float:
+    """Top-1 accuracy of ``model`` (running BatchNorm statistics) on ``split``."""
+
+    @nnx.jit
+    def predict(model, images):
+        return jnp.argmax(model(images)[:, :classes], -1)
+
+    model.eval()
+    correct = 0
+    for begin in range(0, len(split), batch_size):
+        images = split.images[begin:begin + batch_size]
+        correct += int(jnp.sum(predict(model, images) == split.labels[begin:begin + batch_size]))
+    model.train()
+    return correct / len(split)
+
+
+def _signature(model: nnx.Module) -> dict[str, list[int]]:
+    return {"/".join(map(str, path)): list(value.shape)
+            for path, value in nnx.to_flat_state(nnx.state(model))}
+
+
+def _manager(directory: Path):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+    return ocp.CheckpointManager(directory.absolute(), options=options)
+
+
+def _restore(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer, directory):
+    import orbax.checkpoint as ocp
+
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    ours = _signature(model)
+    theirs = meta.get("signature", {})
+    for name in sorted(set(ours) | set(theirs)):
+        if ours.get(name) != theirs.get(name):
+            raise CheckpointError(
+                f"the checkpoint in {directory} (step {step}) was written by another model: "
+                f"{name} has shape {theirs.get(name)} there and {ours.get(name)} here. Use "
+                "another --checkpoint-dir, or build the model the checkpoint came from.")
+    target = {"model": nnx.to_pure_dict(nnx.state(model)),
+              "optimizer": nnx.to_pure_dict(nnx.state(optimizer))}
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))["state"]
+    for module, tree in ((model, restored["model"]), (optimizer, restored["optimizer"])):
+        state = nnx.state(module)
+        nnx.replace_by_pure_dict(state, tree)
+        nnx.update(module, state)
+
+
+def _save(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer) -> None:
+    import orbax.checkpoint as ocp
+
+    tree = {"model": nnx.to_pure_dict(nnx.state(model)),
+            "optimizer": nnx.to_pure_dict(nnx.state(optimizer))}
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(tree),
+        meta=ocp.args.JsonSave({"step": step, "signature": _signature(model)})))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` did: the steps run now (after a resume, fewer than
+    ``config.steps``), and the loss/accuracy of the last step."""
+
+    first_step: int
+    steps: int
+    loss: float | None
+    accuracy: float | None
+
+
+def train(model: nnx.Module, train_split: Split, classes: int, config: TrainConfig, *,
+          method=None, checkpoint_dir: str | os.PathLike | None = None,
+          progress: bool = True, description: str = "train",
+          stop_after: int | None = None) -> TrainResult:
+    """Trains ``model`` in place for ``config.steps`` steps (see the module docstring).
+
+    Arguments:
+      model: a model in training form (its output's first ``classes`` columns are logits).
+      train_split: the training data.
+      method: a :class:`~disco_jax.sparsify.MaskMethod`, or None to leave masks alone.
+      checkpoint_dir: save here, and resume from here if it holds a checkpoint.
+      progress: show a progress bar with loss and accuracy.
+      stop_after: stop dead once this many steps are done, as a killed run would
+        (for tests of resuming); the schedule is still that of ``config.steps``.
+
+    Raises:
+      CheckpointError: ``checkpoint_dir`` holds a checkpoint of another model.
+    """
+    from tqdm.auto import tqdm
+
+    if config.steps < 0 or config.batch_size < 1:
+        raise DiscoError(f"TrainConfig needs steps >= 0 and batch_size >= 1, got {config}")
+    model.train()
+    optimizer = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
+    manager, first = None, 0
+    if checkpoint_dir is not None:
+        directory = Path(checkpoint_dir)
+        manager = _manager(directory)
+        latest = manager.latest_step()
+        if latest is not None:
+            _restore(manager, latest, model, optimizer, directory)
+            first = min(latest, config.steps)
+    step_fn = make_train_step(classes, method)
+    loss = accuracy = None
+    bar = tqdm(range(first, config.steps), desc=description, disable=not progress,
+               initial=first, total=config.steps, dynamic_ncols=True)
+    for step in bar:
+        if stop_after is not None and step >= stop_after:
+            break
+        if method is not None:
+            method.update(model, step)
+        index = batch_indices(len(train_split), config.batch_size, step, config.seed)
+        loss, accuracy = step_fn(model, optimizer, train_split.images[index],
+                                 train_split.labels[index], jnp.asarray(step))
+        if progress and (step % 10 == 0 or step == config.steps - 1):
+            bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{float(accuracy):.3f}")
+        done = step + 1
+        if manager is not None and (done % config.checkpoint_every == 0 or done == config.steps):
+            _save(manager, done, model, optimizer)
+    last = config.steps if stop_after is None else min(stop_after, config.steps)
+    if method is not None and last == config.steps:
+        method.update(model, last)  # the masks a next step would use: exact if steps >= end
+    if manager is not None:
+        manager.wait_until_finished()
+        manager.close()
+    return TrainResult(first, max(last - first, 0),
+                       None if loss is None else float(loss),
+                       None if accuracy is None else float(np.asarray(accuracy)))

@@ -1,0 +1,136 @@
+"""Training: loss goes down, masks reach exact budgets, checkpoints resume exactly."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from helpers import TinyNet
+
+import disco_jax as dj
+from disco_jax import sparsify
+from disco_jax.data import Split
+from disco_jax.train import CheckpointError, TrainConfig, evaluate, train
+
+
+@pytest.fixture(autouse=True)
+def standard_dtype_promotion():
+    """optax's schedules mix Python floats with int32 step counts, which strict
+    promotion (set in conftest for our own code) refuses."""
+    with jax.numpy_dtype_promotion("standard"):
+        yield
+
+
+def toy_data(n: int = 256, seed: int = 0) -> Split:
+    """A learnable task: the class is the pattern under the noise (horizontal,
+    vertical or diagonal stripes, or none)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:12, 0:12]
+    patterns = np.stack([rows % 2, cols % 2, (rows + cols) % 2, np.zeros((12, 12))])
+    labels = rng.integers(0, 4, n).astype(np.int32)
+    images = patterns[labels] + rng.normal(0, 0.3, (n, 12, 12))
+    return Split(images[..., None].astype(np.float32), labels)
+
+
+def fresh_model(nodes: int = 2) -> TinyNet:
+    model = TinyNet(nodes, 0, classes=4)  # random weights; masks set to the dense split below
+    for layer in dj.disco_layers(model).values():
+        if layer.spec.split_input:
+            layer.mask[...] = dj.dense_mask(nodes, layer.spec.group_in)
+    return model
+
+
+CONFIG = TrainConfig(steps=30, batch_size=32, learning_rate=0.05, checkpoint_every=10)
+
+
+def test_a_short_run_lowers_the_loss_and_learns_the_task():
+    data = toy_data()
+    model = fresh_model()
+    before = evaluate(model, data, 4)
+    first = train(model, data, 4, TrainConfig(steps=1, batch_size=32), progress=False)
+    last = train(model, data, 4, CONFIG, progress=False)
+    assert last.loss < first.loss
+    assert evaluate(model, data, 4) > max(before, 0.6)
+
+
+@pytest.mark.parametrize("nodes", [2, 4])
+def test_gradual_pruning_ends_with_exact_budgets_and_a_matching_plan(nodes):
+    model = fresh_model(nodes)
+    method = sparsify.GradualPruning(comm_ratio=0.25, start=5, end=20, interval=5)
+    train(model, toy_data(), 4, CONFIG, method=method, progress=False)
+    for name, counts in sparsify.budgets(model).items():
+        group = dj.disco_layers(model)[name].spec.group_in
+        k = dj.k_for_ratio(0.25, group)
+        off = ~np.eye(nodes, dtype=bool)
+        assert np.all(counts[off] == k), name
+    plan = dj.compile_plan(model)
+    costs = dj.model_costs(model, (1, 12, 12, 1), plan)
+    budget_bytes = sum(
+        dj.layer_costs(entry_plan.spec, dj.k_for_ratio(0.25, entry_plan.spec.group_in),
+                       costs.layers[name]["input_shape"][:-1])["disco"].comm_bytes
+        for name, entry_plan in plan.items() if entry_plan.spec.split_input)
+    assert costs.totals["disco"].comm_bytes == budget_bytes > 0
+
+
+def test_budget_shrinks_monotonically_to_k():
+    method = sparsify.GradualPruning(comm_ratio=0.2, start=10, end=50)
+    budgets = [method.budget(64, step) for step in range(0, 60)]
+    assert budgets[0] == 64 and budgets[-1] == 13
+    assert all(a >= b for a, b in zip(budgets, budgets[1:], strict=False))
+
+
+@pytest.mark.parametrize("kind,expected_k", [("random", 1), ("no_comm", 0), ("dense_split", 4)])
+def test_baseline_masks_are_exact(kind, expected_k):
+    model = fresh_model()
+    sparsify.FixedMask(kind, comm_ratio=0.25).update(model, 0)
+    for name, counts in sparsify.budgets(model).items():
+        group = dj.disco_layers(model)[name].spec.group_in
+        k = {"random": dj.k_for_ratio(0.25, group), "no_comm": 0, "dense_split": group}[kind]
+        assert counts[0, 1] == counts[1, 0] == k
+
+
+def test_resumed_run_ends_where_an_uninterrupted_run_does(tmp_path):
+    data = toy_data()
+    method = sparsify.GradualPruning(comm_ratio=0.25, start=5, end=20, interval=5)
+    whole = fresh_model()
+    train(whole, data, 4, CONFIG, method=method, progress=False)
+
+    # the same run, stopped dead after step 20 (its last checkpoint), then started again
+    partial = train(fresh_model(), data, 4, CONFIG, method=method, progress=False,
+                    checkpoint_dir=tmp_path, stop_after=20)
+    assert partial.steps == 20
+    restarted = fresh_model()  # as in a new process: nothing carried over in memory
+    result = train(restarted, data, 4, CONFIG, method=method, progress=False,
+                   checkpoint_dir=tmp_path)
+    assert result.first_step == 20 and result.steps == 10
+    jax.tree.map(np.testing.assert_array_equal,
+                 jax.tree.map(np.asarray, nnx.state(whole)),
+                 jax.tree.map(np.asarray, nnx.state(restarted)))
+
+
+def test_checkpoint_save_load_gives_identical_outputs(tmp_path):
+    data = toy_data()
+    model = fresh_model()
+    train(model, data, 4, TrainConfig(steps=10, batch_size=32, checkpoint_every=10),
+          progress=False, checkpoint_dir=tmp_path)
+    loaded = fresh_model()
+    result = train(loaded, data, 4, TrainConfig(steps=10, batch_size=32), progress=False,
+                   checkpoint_dir=tmp_path)
+    assert result.steps == 0
+    model.eval()
+    loaded.eval()
+    np.testing.assert_array_equal(model(data.images[:8]), loaded(data.images[:8]))
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path):
+    train(fresh_model(), toy_data(), 4, TrainConfig(steps=2, batch_size=32, checkpoint_every=2),
+          progress=False, checkpoint_dir=tmp_path)
+    other = TinyNet(2, 0, width=16, classes=4)
+    with pytest.raises(CheckpointError, match=r"written by another model: .* has shape"):
+        train(other, toy_data(), 4, TrainConfig(steps=4, batch_size=32), progress=False,
+              checkpoint_dir=tmp_path)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5])
+def test_comm_ratio_outside_0_1_is_refused(bad):
+    with pytest.raises(dj.ConfigError, match=r"comm ratio must be a number in \[0, 1\]"):
+        sparsify.GradualPruning(comm_ratio=bad, start=0, end=10)
