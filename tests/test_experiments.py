@@ -24,3 +24,22 @@ def test_plan_check_reports_matching_bytes_and_outputs(tmp_path, capsys):
 def test_plan_check_names_a_bad_mesh_size(capsys):
     assert plan_check.main(["--model", "resnet18", "--mesh", "3", "--image-size", "8"]) == 2
     assert "does not divide over 3 nodes" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_mask_training_quick_run_writes_a_report_with_exact_budgets(tmp_path):
+    import jax
+
+    from disco_jax.data import FASHION_MNIST_DIR
+    from experiments import mask_training
+
+    if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("apt-get install dataset-fashion-mnist (CI installs it)")
+    report_path = tmp_path / "masks.json"
+    with jax.numpy_dtype_promotion("standard"):
+        assert mask_training.main(["--quick", "--report", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["budgets_exact"] is True
+    assert set(report["quality"]) >= {"learned_at_budget", "random_finetuned", "no_comm_finetuned"}
+    assert report["steps_per_variant"]["total"] == 30
+    assert report["comm_reduction"] > 1
