@@ -16,6 +16,7 @@ where an uninterrupted one does.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 
@@ -83,18 +84,19 @@ def make_train_step(classes: int, method=None):
     return train_step
 
 
+@functools.partial(nnx.jit, static_argnums=2)
+def _predict(model, images, classes):
+    return jnp.argmax(model(images)[:, :classes], -1)
+
+
 def evaluate(model: nnx.Module, split: Split, classes: int, *, batch_size: int = 500) -> float:
     """Top-1 accuracy of ``model`` (running BatchNorm statistics) on ``split``."""
-
-    @nnx.jit
-    def predict(model, images):
-        return jnp.argmax(model(images)[:, :classes], -1)
-
     model.eval()
     correct = 0
     for begin in range(0, len(split), batch_size):
         images = split.images[begin:begin + batch_size]
-        correct += int(jnp.sum(predict(model, images) == split.labels[begin:begin + batch_size]))
+        predictions = _predict(model, images, classes)
+        correct += int(jnp.sum(predictions == split.labels[begin:begin + batch_size]))
     model.train()
     return correct / len(split)
 
