@@ -64,13 +64,13 @@ def run(args) -> dict:
 
     import disco_jax as dj
     from disco_jax import data, sparsify
-    from disco_jax.models import ResNet18, ResNet50
+    from disco_jax.models import NETWORKS
     from disco_jax.train import TrainConfig, evaluate, train
 
     dataset = data.load(args.dataset)
     test = data.Split(dataset.test.images[:args.test_images],
                       dataset.test.labels[:args.test_images])
-    network = {"resnet18": ResNet18, "resnet50": ResNet50}[args.model]
+    network = NETWORKS[args.model]
     classes = dataset.classes
 
     def config(steps, seed, lr):

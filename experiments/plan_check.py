@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-MODELS = ("resnet18", "resnet50")
+MODELS = ("resnet18", "resnet50")  # names in disco_jax.models.NETWORKS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,10 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build_model(args):
     from flax import nnx
 
-    from disco_jax.models import ResNet18, ResNet50
+    from disco_jax.models import NETWORKS
 
-    network = {"resnet18": ResNet18, "resnet50": ResNet50}[args.model]
-    return network(classes=args.classes, nodes=args.mesh, in_channels=args.channels,
+    return NETWORKS[args.model](classes=args.classes, nodes=args.mesh, in_channels=args.channels,
                    stem=args.stem, rngs=nnx.Rngs(args.seed))
 
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
 from disco_jax.errors import ConfigError
 from disco_jax.layers import _DiscoLinear, disco_layers
-from disco_jax.mesh import AXIS, channel_spec, node_spec
+from disco_jax.mesh import AXIS, channel_spec, node_spec, replicate, shard_nodes
 from disco_jax.parallel import node_forward
 from disco_jax.plan import LayerPlan, Plan, check_plan_matches, compile_plan
 
@@ -153,7 +153,7 @@ class DistributedModel:
                               f"{dict(mesh.shape)}; build it with make_mesh({plan.nodes})")
         self.mesh, self.plan = mesh, plan
         self.graphdef, state = nnx.split(to_inference(model, plan, payload_dtype=payload_dtype))
-        self.state = jax.device_put(state, NamedSharding(mesh, node_spec()))
+        self.state = shard_nodes(state, mesh)
 
         def body(state, x):
             return nnx.merge(self.graphdef, state)(x)
@@ -165,7 +165,7 @@ class DistributedModel:
 
     def inputs(self, x: jax.Array) -> tuple:
         """The arguments of the sharded function: the placed arrays and ``x``."""
-        return self.state, jax.device_put(x, NamedSharding(self.mesh, PartitionSpec()))
+        return self.state, replicate(x, self.mesh)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.outputs(self._fn(*self.inputs(x)))

@@ -98,6 +98,11 @@ def shard_channels(x: jax.Array, mesh: Mesh) -> jax.Array:
     return jax.device_put(x, NamedSharding(mesh, channel_spec(np.ndim(x))))
 
 
-def shard_nodes(x: jax.Array, mesh: Mesh) -> jax.Array:
-    """Places a per-node array (leading axis N) so that node n holds row n only."""
+def shard_nodes(x, mesh: Mesh):
+    """Places per-node arrays (a pytree, leading axis N) so that node n holds row n only."""
     return jax.device_put(x, NamedSharding(mesh, node_spec()))
+
+
+def replicate(x: jax.Array, mesh: Mesh) -> jax.Array:
+    """Places ``x`` whole on every node (the network input)."""
+    return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))

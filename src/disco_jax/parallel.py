@@ -18,11 +18,18 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
 from disco_jax.errors import ConfigError
 from disco_jax.layers import LayerSpec, linear, read_input
-from disco_jax.mesh import AXIS, channel_spec, node_spec, shard_channels, shard_nodes
+from disco_jax.mesh import (
+    AXIS,
+    channel_spec,
+    node_spec,
+    replicate,
+    shard_channels,
+    shard_nodes,
+)
 from disco_jax.plan import LayerPlan
 
 
@@ -128,11 +135,8 @@ class DistributedLayer:
         """The arguments of the sharded function: ``x`` split over channels, then
         the placed plan arrays (send indices, packed kernel, bias)."""
         self._check(x)
-        if self.plan.spec.split_input:
-            x = shard_channels(x, self.mesh)
-        else:
-            x = jax.device_put(x, NamedSharding(self.mesh, PartitionSpec()))
-        return x, self.send_idx, self.kernel, self.bias
+        place = shard_channels if self.plan.spec.split_input else replicate
+        return place(x, self.mesh), self.send_idx, self.kernel, self.bias
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self._fn(np.ndim(x))(*self.inputs(x))

@@ -1,6 +1,7 @@
 """Networks built from DISCO layers, one family per module."""
 
 from disco_jax.models.resnet import (
+    NETWORKS as NETWORKS,
     BasicBlock as BasicBlock,
     Bottleneck as Bottleneck,
     ResNet as ResNet,

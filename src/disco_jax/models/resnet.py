@@ -34,7 +34,21 @@ def _norm(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
     return nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, rngs=rngs)
 
 
-class BasicBlock(nnx.Module):
+class _Residual(nnx.Module):
+    """What both block kinds share: the shortcut (identity, or a strided 1x1
+    projection + BatchNorm when the shape changes) and the final add + ReLU."""
+
+    def _projection(self, c_in: int, c_out: int, stride: int, conv, rngs: nnx.Rngs) -> None:
+        projects = stride != 1 or c_in != c_out
+        self.proj = conv(c_in, c_out, 1, strides=stride) if projects else None
+        self.proj_bn = _norm(c_out, rngs) if projects else None
+
+    def _join(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        shortcut = x if self.proj is None else self.proj_bn(self.proj(x))
+        return nnx.relu(y + shortcut)
+
+
+class BasicBlock(_Residual):
     """Two 3x3 convs (ResNet-18/34)."""
 
     expansion = 1
@@ -45,18 +59,14 @@ class BasicBlock(nnx.Module):
         self.bn1 = _norm(width, rngs)
         self.conv2 = conv(width, width, 3, padding=1)
         self.bn2 = _norm(width, rngs)
-        projects = stride != 1 or c_in != width
-        self.proj = conv(c_in, width, 1, strides=stride) if projects else None
-        self.proj_bn = _norm(width, rngs) if projects else None
+        self._projection(c_in, width, stride, conv, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = nnx.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        shortcut = x if self.proj is None else self.proj_bn(self.proj(x))
-        return nnx.relu(y + shortcut)
+        return self._join(x, self.bn2(self.conv2(y)))
 
 
-class Bottleneck(nnx.Module):
+class Bottleneck(_Residual):
     """1x1 -> 3x3 (carries the stride, v1.5) -> 1x1 x4 (ResNet-50/101/152)."""
 
     expansion = 4
@@ -70,16 +80,12 @@ class Bottleneck(nnx.Module):
         self.bn2 = _norm(width, rngs)
         self.conv3 = conv(width, out, 1)
         self.bn3 = _norm(out, rngs)
-        projects = stride != 1 or c_in != out
-        self.proj = conv(c_in, out, 1, strides=stride) if projects else None
-        self.proj_bn = _norm(out, rngs) if projects else None
+        self._projection(c_in, out, stride, conv, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = nnx.relu(self.bn1(self.conv1(x)))
         y = nnx.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        shortcut = x if self.proj is None else self.proj_bn(self.proj(x))
-        return nnx.relu(y + shortcut)
+        return self._join(x, self.bn3(self.conv3(y)))
 
 
 class ResNet(nnx.Module):
@@ -137,3 +143,7 @@ ResNet18 = partial(ResNet, BasicBlock, (2, 2, 2, 2))
 ResNet34 = partial(ResNet, BasicBlock, (3, 4, 6, 3))
 ResNet50 = partial(ResNet, Bottleneck, (3, 4, 6, 3))
 ResNet101 = partial(ResNet, Bottleneck, (3, 4, 23, 3))
+
+NETWORKS = {"resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50,
+            "resnet101": ResNet101}
+"""The networks by the names the experiments take."""
