@@ -1,18 +1,21 @@
 """Learned masks against random masks, no communication and the dense split.
 
 For each seed: train a dense ResNet (all channels read) on Fashion-MNIST, then
-from that same checkpoint give every variant the same step budget:
+from that same checkpoint give every variant the same step budget, a pruning
+phase and a fine-tuning phase:
 
-- ``learned``: GradualPruning (group lasso + cubic schedule) down to the budget
-  during the pruning phase;
-- ``random``: random exact masks at the same k, set at the start of the phase;
-- ``no_comm``: block-diagonal masks (rho = 0);
-- ``dense_split``: all channels (rho = 1);
+- ``learned``: GradualPruning: group lasso on the channels that travel, and a
+  cubic schedule that drops the channels with the smallest weights until
+  every node pair sends exactly k = rho * C_in/N;
+- ``random``: the same schedule dropping channels in a random order (no
+  lasso): random exact masks at the same k, reached the same way;
+- ``no_comm``: the learned method's schedule down to k = 0 (block-diagonal);
+- ``dense_split``: all channels (rho = 1), trained just as long;
 
-then fine-tune each with its masks fixed. Test accuracy is measured at the end
-of the pruning phase (the learned masks have just reached their budget) and
-after fine-tuning, as mean and std over seeds. The report follows DESIGN.md
-section 8, with the spread and the steps/images each variant saw.
+then fine-tune each with its masks fixed. Every pruned variant reaches its
+budget on the same step. Test accuracy is measured right after the pruning
+phase and after fine-tuning, as mean and std over seeds. The report follows
+DESIGN.md section 8, with the spread and the steps/images each variant saw.
 
     python -m experiments.mask_training --mesh 2 --seeds 0,1,2 --report reports/masks_n2.json
     python -m experiments.mask_training --quick      # a few steps, for smoke tests
@@ -35,14 +38,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mesh", type=int, default=2, help="nodes N (default 2)")
     parser.add_argument("--comm-ratio", type=float, default=0.2)
     parser.add_argument("--model", choices=("resnet18", "resnet50"), default="resnet18")
-    parser.add_argument("--width", type=int, default=16, help="channels of the first stage")
+    parser.add_argument("--width", type=int, default=20,
+                        help="channels of the first stage (20: k = 0.2 C_in/N is a whole "
+                             "number at N = 2 and 4)")
     parser.add_argument("--dataset", default="fashion_mnist")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--prune-steps", type=int, default=150)
     parser.add_argument("--finetune-steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lasso", type=float, default=1e-4)
+    parser.add_argument("--lasso", type=float, default=1e-2)
     parser.add_argument("--test-images", type=int, default=10000)
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings (width 8, 10 steps per phase, 1 seed, 500 test images)")
@@ -76,23 +81,29 @@ def run(args) -> dict:
     def config(steps, seed, lr):
         return TrainConfig(steps=steps, batch_size=args.batch_size, learning_rate=lr, seed=seed)
 
+    def pruning(comm_ratio, seed, **options):
+        return sparsify.GradualPruning(comm_ratio, start=0, end=args.prune_steps,
+                                       interval=max(args.prune_steps // 15, 1), seed=seed,
+                                       **options)
+
     methods = {
-        "learned": lambda seed: sparsify.GradualPruning(
-            args.comm_ratio, start=0, end=args.prune_steps,
-            interval=max(args.prune_steps // 15, 1), lasso=args.lasso),
-        "random": lambda seed: sparsify.FixedMask("random", args.comm_ratio, seed=seed),
-        "no_comm": lambda seed: sparsify.FixedMask("no_comm"),
+        "learned": lambda seed: pruning(args.comm_ratio, seed, lasso=args.lasso),
+        "random": lambda seed: pruning(args.comm_ratio, seed, lasso=0.0, importance="random"),
+        "no_comm": lambda seed: pruning(0.0, seed, lasso=args.lasso),
         "dense_split": lambda seed: sparsify.FixedMask("dense_split"),
     }
+    ratios = {"learned": args.comm_ratio, "random": args.comm_ratio, "no_comm": 0.0,
+              "dense_split": 1.0}
     results = {v: {"at_budget": [], "finetuned": []} for v in VARIANTS}
-    single, plans, started = [], {}, time.time()
+    pretrained, bytes_sent, learned_model, started = [], {}, None, time.time()
+    image = (1, *dataset.image_shape)
     for seed in args.seeds:
         dense = network(classes=classes, nodes=args.mesh, in_channels=dataset.image_shape[-1],
                         stem="small", width=args.width, rngs=nnx.Rngs(seed))
         sparsify.FixedMask("dense_split").update(dense, 0)
         train(dense, dataset.train, classes, config(args.pretrain_steps, seed, 0.05),
               description=f"seed {seed} dense")
-        single.append(evaluate(dense, test, classes))
+        pretrained.append(evaluate(dense, test, classes))
         for variant in VARIANTS:
             model = nnx.clone(dense)
             train(model, dataset.train, classes, config(args.prune_steps, seed + 1000, 0.02),
@@ -101,37 +112,96 @@ def run(args) -> dict:
             train(model, dataset.train, classes, config(args.finetune_steps, seed + 2000, 0.02),
                   description=f"seed {seed} {variant} fine-tune")
             results[variant]["finetuned"].append(evaluate(model, test, classes))
-            plans[variant] = (model, dj.compile_plan(model))  # exact budgets or it raises
-
-    model, plan = plans["learned"]
-    image = (1, *dataset.image_shape)
-    costs = dj.model_costs(model, image, plan)
-    budget_ok = all(layer.k == dj.k_for_ratio(args.comm_ratio, layer.spec.group_in)
-                    for layer in plan.values() if layer.spec.split_input)
+            bytes_sent[variant] = _plan_and_budget_bytes(model, image, ratios[variant])
+            print(f"seed {seed} {variant}: {results[variant]['at_budget'][-1]:.4f} at budget, "
+                  f"{results[variant]['finetuned'][-1]:.4f} fine-tuned", flush=True)
+            if variant == "learned":
+                learned_model = model
 
     def stats(values):
-        return {"mean": float(np.mean(values)), "std": float(np.std(values)),
-                "values": [float(v) for v in values]}
+        values = np.asarray(values, np.float64)
+        spread = float(np.std(values, ddof=1)) if len(values) > 1 else None
+        return {"mean": float(np.mean(values)), "std": spread, "values": values.tolist()}
 
+    def quality(when):
+        return {"metric": "top1", "single": stats(results["dense_split"][when]),
+                "dense_split": stats(results["dense_split"][when]),
+                "disco": stats(results["learned"][when]),
+                "random_mask": stats(results["random"][when]),
+                "no_comm": stats(results["no_comm"][when])}
+
+    def paired(other, when):
+        return stats(np.subtract(results["learned"][when], results[other][when]))
+
+    costs = dj.model_costs(learned_model, image, dj.compile_plan(learned_model))
     steps = args.pretrain_steps + args.prune_steps + args.finetune_steps
     return {
         "model": args.model, "width": args.width, "task": "classification",
         "dataset": args.dataset, "nodes": args.mesh, "comm_ratio": args.comm_ratio,
         "payload_dtype": "float32", "seeds": args.seeds, "test_images": len(test),
+        "lasso": args.lasso,
         "steps_per_variant": {"pretrain_dense": args.pretrain_steps,
-                              "prune": args.prune_steps, "finetune": args.finetune_steps,
+                              "prune": args.prune_steps,
+                              "finetune": args.finetune_steps,
                               "total": steps, "images": steps * args.batch_size},
-        "quality": {"metric": "top1", "single_dense_pretrained": stats(single),
-                    **{f"{v}_{when}": stats(results[v][when])
-                       for v in VARIANTS for when in ("at_budget", "finetuned")}},
+        "quality": quality("finetuned"),
+        "quality_at_budget": quality("at_budget"),
+        "dense_pretrained": stats(pretrained),
+        "disco_minus": {f"{other}_{when}": paired(other, when)
+                        for other in ("random", "no_comm", "dense_split")
+                        for when in ("at_budget", "finetuned")},
         "comm_bytes_per_sample": {"dense_split": costs.totals["dense_split"].comm_bytes,
                                   "disco": costs.totals["disco"].comm_bytes},
         "comm_reduction": costs.comm_reduction,
+        "bytes_plan_vs_budget": bytes_sent,
         "flops_per_node": {v: costs.totals[v].flops for v in ("single", "dense_split", "disco")},
         "params_per_node": {v: costs.totals[v].params for v in ("single", "dense_split", "disco")},
-        "budgets_exact": budget_ok,
+        "max_abs_diff_vs_reference": None,
+        "latency_ms": None,
         "wall_seconds": round(time.time() - started, 1),
     }
+
+
+def _plan_and_budget_bytes(model, image, comm_ratio) -> dict:
+    """Bytes per image of the plan compiled from ``model`` (which raises unless
+    every pair of every layer sends the same k) and of the budget k = rho * C_in/N."""
+    import disco_jax as dj
+
+    plan = dj.compile_plan(model)
+    costs = dj.model_costs(model, image, plan)
+    budget = sum(
+        dj.layer_costs(layer.spec, dj.k_for_ratio(comm_ratio, layer.spec.group_in),
+                       costs.layers[name]["input_shape"][:-1])["disco"].comm_bytes
+        for name, layer in plan.items() if layer.spec.split_input)
+    return {"plan": costs.totals["disco"].comm_bytes, "budget": budget,
+            "exact": costs.totals["disco"].comm_bytes == budget}
+
+
+def format_report(report: dict) -> str:
+    """The terminal table: mean ± std over seeds of every variant, at budget and fine-tuned."""
+
+    def cell(stats):
+        spread = "" if stats["std"] is None else f" ± {100 * stats['std']:.2f}"
+        return f"{100 * stats['mean']:6.2f}{spread:<7}"
+
+    rows = [f"{report['model']} width {report['width']} on {report['nodes']} nodes, comm ratio "
+            f"{report['comm_ratio']}, seeds {report['seeds']}, {report['test_images']} test "
+            f"images; top-1 %, mean ± std over seeds",
+            f"dense model after pretraining ({report['steps_per_variant']['pretrain_dense']} "
+            f"steps): {cell(report['dense_pretrained'])}",
+            f"{'variant':14} {'at budget':>14} {'fine-tuned':>14}"]
+    for key, name in (("disco", "learned"), ("random_mask", "random"), ("no_comm", "no_comm"),
+                      ("dense_split", "dense_split")):
+        rows.append(f"{name:14} {cell(report['quality_at_budget'][key]):>14} "
+                    f"{cell(report['quality'][key]):>14}")
+    for key, diff in report["disco_minus"].items():
+        rows.append(f"learned - {key:24} {cell(diff)} points")
+    comm = report["comm_bytes_per_sample"]
+    exact = all(entry["exact"] for entry in report["bytes_plan_vs_budget"].values())
+    rows.append(f"communication per image: dense split {comm['dense_split']:,} B, DISCO "
+                f"{comm['disco']:,} B ({report['comm_reduction']:.2f}x less); every variant's "
+                f"plan bytes == its budget's: {exact}")
+    return "\n".join(rows)
 
 
 def main(argv=None) -> int:
@@ -147,21 +217,12 @@ def main(argv=None) -> int:
     except dj.DiscoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    quality = report["quality"]
-    print(f"\n{report['model']} width {report['width']} on {report['nodes']} nodes, comm ratio "
-          f"{report['comm_ratio']}, seeds {report['seeds']}, {report['test_images']} test images")
-    print(f"dense model after pretraining: {quality['single_dense_pretrained']['mean']:.4f}")
-    print(f"{'variant':12} {'at budget':>18} {'fine-tuned':>18}")
-    for variant in VARIANTS:
-        cells = [quality[f"{variant}_{when}"] for when in ("at_budget", "finetuned")]
-        print(f"{variant:12} " + " ".join(f"{c['mean']:>10.4f} ± {c['std']:.4f}" for c in cells))
-    comm = report["comm_bytes_per_sample"]
-    print(f"communication per image: dense split {comm['dense_split']:,} B, "
-          f"DISCO {comm['disco']:,} B "
-          f"({report['comm_reduction']:.2f}x less); budgets exact: {report['budgets_exact']}")
+    print(format_report(report))
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(report, indent=1))
+        partial = args.report.with_name(args.report.name + ".partial")
+        partial.write_text(json.dumps(report, indent=1))
+        partial.replace(args.report)  # atomic: no half-written report
         print(f"report written to {args.report}")
     return 0
 

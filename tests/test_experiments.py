@@ -39,7 +39,14 @@ def test_mask_training_quick_run_writes_a_report_with_exact_budgets(tmp_path):
     with jax.numpy_dtype_promotion("standard"):
         assert mask_training.main(["--quick", "--report", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
-    assert report["budgets_exact"] is True
-    assert set(report["quality"]) >= {"learned_at_budget", "random_finetuned", "no_comm_finetuned"}
+    assert set(report["bytes_plan_vs_budget"]) == {"learned", "random", "no_comm",
+                                                   "dense_split"}
+    for variant, entry in report["bytes_plan_vs_budget"].items():
+        assert entry["exact"] and entry["plan"] == entry["budget"], variant
+    assert report["bytes_plan_vs_budget"]["no_comm"]["plan"] == 0
+    for when in ("quality", "quality_at_budget"):
+        assert set(report[when]) == {"metric", "single", "dense_split", "disco", "random_mask",
+                                     "no_comm"}
+        assert 0.0 <= report[when]["disco"]["mean"] <= 1.0
     assert report["steps_per_variant"]["total"] == 30
     assert report["comm_reduction"] > 1

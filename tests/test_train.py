@@ -31,8 +31,9 @@ def toy_data(n: int = 256, seed: int = 0) -> Split:
     return Split(images[..., None].astype(np.float32), labels)
 
 
-def fresh_model(nodes: int = 2) -> TinyNet:
-    model = TinyNet(nodes, 0, classes=4)  # random weights; masks set to the dense split below
+def fresh_model(nodes: int = 2, seed: int = 0) -> TinyNet:
+    # random weights; masks set to the dense split below
+    model = TinyNet(nodes, 0, classes=4, seed=seed)
     for layer in dj.disco_layers(model).values():
         if layer.spec.split_input:
             layer.mask[...] = dj.dense_mask(nodes, layer.spec.group_in)
@@ -52,10 +53,12 @@ def test_a_short_run_lowers_the_loss_and_learns_the_task():
     assert evaluate(model, data, 4) > max(before, 0.6)
 
 
-@pytest.mark.parametrize("nodes", [2, 4])
-def test_gradual_pruning_ends_with_exact_budgets_and_a_matching_plan(nodes):
+@pytest.mark.parametrize("nodes,importance", [(2, "weight_norm"), (4, "weight_norm"),
+                                               (2, "random")])
+def test_gradual_pruning_ends_with_exact_budgets_and_a_matching_plan(nodes, importance):
     model = fresh_model(nodes)
-    method = sparsify.GradualPruning(comm_ratio=0.25, start=5, end=20, interval=5)
+    method = sparsify.GradualPruning(comm_ratio=0.25, start=5, end=20, interval=5,
+                                     importance=importance)
     train(model, toy_data(), 4, CONFIG, method=method, progress=False)
     for name, counts in sparsify.budgets(model).items():
         group = dj.disco_layers(model)[name].spec.group_in
@@ -69,6 +72,36 @@ def test_gradual_pruning_ends_with_exact_budgets_and_a_matching_plan(nodes):
                        costs.layers[name]["input_shape"][:-1])["disco"].comm_bytes
         for name, entry_plan in plan.items() if entry_plan.spec.split_input)
     assert costs.totals["disco"].comm_bytes == budget_bytes > 0
+
+
+def test_random_order_depends_on_the_seed_and_not_on_the_weights():
+    def masks(model_seed, order_seed):
+        model = fresh_model(seed=model_seed)
+        sparsify.GradualPruning(comm_ratio=0.25, start=0, end=0, importance="random",
+                                seed=order_seed).update(model, 0)
+        return [np.asarray(layer.mask[...]) for layer in dj.disco_layers(model).values()
+                if layer.spec.split_input]
+
+    first = masks(0, 0)
+    for a, b in zip(first, masks(1, 0), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, masks(0, 1), strict=True))
+
+
+def test_the_lasso_shrinks_the_channels_that_travel_and_only_those():
+    def norms(lasso):
+        model = fresh_model()
+        method = sparsify.GradualPruning(comm_ratio=1.0, start=0, end=30, lasso=lasso)
+        train(model, toy_data(), 4, CONFIG, method=method, progress=False)
+        layers = [layer for layer in dj.disco_layers(model).values() if layer.spec.split_input]
+        per_layer = [np.asarray(sparsify.channel_norms(layer)) for layer in layers]
+        off = ~np.eye(2, dtype=bool)
+        return (np.mean([n[off].mean() for n in per_layer]),
+                np.mean([n[~off].mean() for n in per_layer]))
+
+    (off_plain, own_plain), (off_lasso, own_lasso) = norms(0.0), norms(0.5)
+    assert off_lasso < 0.7 * off_plain
+    assert own_lasso > 0.9 * own_plain
 
 
 def test_budget_shrinks_monotonically_to_k():
