@@ -15,7 +15,9 @@ phase and a fine-tuning phase:
 then fine-tune each with its masks fixed. Every pruned variant reaches its
 budget on the same step. Test accuracy is measured right after the pruning
 phase and after fine-tuning, as mean and std over seeds. The report follows
-DESIGN.md section 8, with the spread and the steps/images each variant saw.
+DESIGN.md section 8, with the spread and the steps/images each variant saw;
+its "single" figure is the dense split's (the same network with every channel
+read, computed on one device or split: the same function).
 
     python -m experiments.mask_training --mesh 2 --seeds 0,1,2 --report reports/masks_n2.json
     python -m experiments.mask_training --quick      # a few steps, for smoke tests
