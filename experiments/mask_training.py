@@ -69,7 +69,6 @@ def run(args) -> dict:
     import numpy as np
     from flax import nnx
 
-    import disco_jax as dj
     from disco_jax import data, sparsify
     from disco_jax.models import NETWORKS
     from disco_jax.train import TrainConfig, evaluate, train
@@ -97,7 +96,7 @@ def run(args) -> dict:
     ratios = {"learned": args.comm_ratio, "random": args.comm_ratio, "no_comm": 0.0,
               "dense_split": 1.0}
     results = {v: {"at_budget": [], "finetuned": []} for v in VARIANTS}
-    pretrained, bytes_sent, learned_model, started = [], {}, None, time.time()
+    pretrained, bytes_sent, plan_costs, started = [], {}, {}, time.time()
     image = (1, *dataset.image_shape)
     for seed in args.seeds:
         dense = network(classes=classes, nodes=args.mesh, in_channels=dataset.image_shape[-1],
@@ -114,11 +113,10 @@ def run(args) -> dict:
             train(model, dataset.train, classes, config(args.finetune_steps, seed + 2000, 0.02),
                   description=f"seed {seed} {variant} fine-tune")
             results[variant]["finetuned"].append(evaluate(model, test, classes))
-            bytes_sent[variant] = _plan_and_budget_bytes(model, image, ratios[variant])
+            plan_costs[variant], bytes_sent[variant] = _plan_and_budget_bytes(model, image,
+                                                                         ratios[variant])
             print(f"seed {seed} {variant}: {results[variant]['at_budget'][-1]:.4f} at budget, "
                   f"{results[variant]['finetuned'][-1]:.4f} fine-tuned", flush=True)
-            if variant == "learned":
-                learned_model = model
 
     def stats(values):
         values = np.asarray(values, np.float64)
@@ -135,7 +133,7 @@ def run(args) -> dict:
     def paired(other, when):
         return stats(np.subtract(results["learned"][when], results[other][when]))
 
-    costs = dj.model_costs(learned_model, image, dj.compile_plan(learned_model))
+    costs = plan_costs["learned"]  # the same k, shapes and costs for every seed
     steps = args.pretrain_steps + args.prune_steps + args.finetune_steps
     return {
         "model": args.model, "width": args.width, "task": "classification",
@@ -164,9 +162,10 @@ def run(args) -> dict:
     }
 
 
-def _plan_and_budget_bytes(model, image, comm_ratio) -> dict:
-    """Bytes per image of the plan compiled from ``model`` (which raises unless
-    every pair of every layer sends the same k) and of the budget k = rho * C_in/N."""
+def _plan_and_budget_bytes(model, image, comm_ratio):
+    """The costs of the plan compiled from ``model`` (which raises unless every
+    pair of every layer sends the same k), and its bytes per image against the
+    budget's (k = rho * C_in/N)."""
     import disco_jax as dj
 
     plan = dj.compile_plan(model)
@@ -175,8 +174,8 @@ def _plan_and_budget_bytes(model, image, comm_ratio) -> dict:
         dj.layer_costs(layer.spec, dj.k_for_ratio(comm_ratio, layer.spec.group_in),
                        costs.layers[name]["input_shape"][:-1])["disco"].comm_bytes
         for name, layer in plan.items() if layer.spec.split_input)
-    return {"plan": costs.totals["disco"].comm_bytes, "budget": budget,
-            "exact": costs.totals["disco"].comm_bytes == budget}
+    return costs, {"plan": costs.totals["disco"].comm_bytes, "budget": budget,
+                   "exact": costs.totals["disco"].comm_bytes == budget}
 
 
 def format_report(report: dict) -> str:

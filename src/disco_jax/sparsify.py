@@ -69,6 +69,11 @@ def channel_norms(layer: _DiscoLinear) -> jax.Array:
     return jnp.sqrt(squares + 1e-12)
 
 
+def _layer_key(seed: int, index: int) -> jax.Array:
+    """The random stream of the ``index``-th masked layer."""
+    return jax.random.fold_in(jax.random.key(seed), index)
+
+
 def _off_diagonal(n: int) -> jax.Array:
     return ~jnp.eye(n, dtype=bool)[:, :, None]
 
@@ -140,8 +145,7 @@ class GradualPruning:
             return
         for index, layer in enumerate(_split_layers(model).values()):
             if self.importance == "random":
-                key = jax.random.fold_in(jax.random.key(self.seed), index)
-                scores = jax.random.uniform(key, layer.mask[...].shape)
+                scores = jax.random.uniform(_layer_key(self.seed, index), layer.mask[...].shape)
             else:
                 scores = channel_norms(layer)
             # dropped channels never come back: they rank below every kept one
@@ -186,8 +190,8 @@ class FixedMask:
         for index, layer in enumerate(_split_layers(model).values()):
             n, group = layer.spec.nodes, layer.spec.group_in
             if self.kind == "random":
-                key = jax.random.fold_in(jax.random.key(self.seed), index)
-                mask = random_mask(key, n, group, k_for_ratio(self.comm_ratio, group))
+                mask = random_mask(_layer_key(self.seed, index), n, group,
+                                   k_for_ratio(self.comm_ratio, group))
             elif self.kind == "no_comm":
                 mask = block_diagonal_mask(n, group)
             else:
