@@ -1,23 +1,15 @@
 """Learned masks against random masks, no communication and the dense split.
 
 For each seed: train a dense ResNet (all channels read) on Fashion-MNIST, then
-from that same checkpoint give every variant the same step budget, a pruning
-phase and a fine-tuning phase:
-
-- ``learned``: GradualPruning: group lasso on the channels that travel, and a
-  cubic schedule that drops the channels with the smallest weights until
-  every node pair sends exactly k = rho * C_in/N;
-- ``random``: the same schedule dropping channels in a random order (no
-  lasso): random exact masks at the same k, reached the same way;
-- ``no_comm``: the learned method's schedule down to k = 0 (block-diagonal);
-- ``dense_split``: all channels (rho = 1), trained just as long;
-
-then fine-tune each with its masks fixed. Every pruned variant reaches its
-budget on the same step. Test accuracy is measured right after the pruning
-phase and after fine-tuning, as mean and std over seeds. The report follows
-DESIGN.md section 8, with the spread and the steps/images each variant saw;
-its "single" figure is the dense split's (the same network with every channel
-read, computed on one device or split: the same function).
+from that same checkpoint give every variant of :mod:`experiments.compare`
+(learned masks, random masks at the same k, no communication, the dense split)
+the same step budget: a pruning phase, in which every pruned variant reaches
+its budget on the same step, and a fine-tuning phase with the masks fixed.
+Test accuracy is measured right after the pruning phase and after
+fine-tuning, as mean and std over seeds. The report follows DESIGN.md section
+8, with the spread and the steps/images each variant saw; its "single" figure
+is the dense split's (the same network with every channel read, computed on
+one device or split: the same function).
 
     python -m experiments.mask_training --mesh 2 --seeds 0,1,2 --report reports/masks_n2.json
     python -m experiments.mask_training --quick      # a few steps, for smoke tests
@@ -26,12 +18,9 @@ read, computed on one device or split: the same function).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
-
-VARIANTS = ("learned", "random", "no_comm", "dense_split")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -72,29 +61,23 @@ def run(args) -> dict:
     from disco_jax import data, sparsify
     from disco_jax.models import NETWORKS
     from disco_jax.train import TrainConfig, evaluate, train
+    from experiments.compare import (
+        QUALITY_KEYS,
+        VARIANTS,
+        Schedule,
+        comm_ratio_of,
+        plan_and_budget_bytes,
+        stats,
+        train_variant,
+    )
 
     dataset = data.load(args.dataset)
     test = data.Split(dataset.test.images[:args.test_images],
                       dataset.test.labels[:args.test_images])
     network = NETWORKS[args.model]
     classes = dataset.classes
-
-    def config(steps, seed, lr):
-        return TrainConfig(steps=steps, batch_size=args.batch_size, learning_rate=lr, seed=seed)
-
-    def pruning(comm_ratio, seed, **options):
-        return sparsify.GradualPruning(comm_ratio, start=0, end=args.prune_steps,
-                                       interval=max(args.prune_steps // 15, 1), seed=seed,
-                                       **options)
-
-    methods = {
-        "learned": lambda seed: pruning(args.comm_ratio, seed, lasso=args.lasso),
-        "random": lambda seed: pruning(args.comm_ratio, seed, lasso=0.0, importance="random"),
-        "no_comm": lambda seed: pruning(0.0, seed, lasso=args.lasso),
-        "dense_split": lambda seed: sparsify.FixedMask("dense_split"),
-    }
-    ratios = {"learned": args.comm_ratio, "random": args.comm_ratio, "no_comm": 0.0,
-              "dense_split": 1.0}
+    schedule = Schedule(args.prune_steps, args.finetune_steps, args.batch_size,
+                        learning_rate=0.02, lasso=args.lasso)
     results = {v: {"at_budget": [], "finetuned": []} for v in VARIANTS}
     pretrained, bytes_sent, plan_costs, started = [], {}, {}, time.time()
     image = (1, *dataset.image_shape)
@@ -102,39 +85,31 @@ def run(args) -> dict:
         dense = network(classes=classes, nodes=args.mesh, in_channels=dataset.image_shape[-1],
                         stem="small", width=args.width, rngs=nnx.Rngs(seed))
         sparsify.FixedMask("dense_split").update(dense, 0)
-        train(dense, dataset.train, classes, config(args.pretrain_steps, seed, 0.05),
+        train(dense, dataset.train, classes,
+              TrainConfig(steps=args.pretrain_steps, batch_size=args.batch_size,
+                          learning_rate=0.05, seed=seed),
               description=f"seed {seed} dense")
         pretrained.append(evaluate(dense, test, classes))
         for variant in VARIANTS:
-            model = nnx.clone(dense)
-            train(model, dataset.train, classes, config(args.prune_steps, seed + 1000, 0.02),
-                  method=methods[variant](seed), description=f"seed {seed} {variant} prune")
-            results[variant]["at_budget"].append(evaluate(model, test, classes))
-            train(model, dataset.train, classes, config(args.finetune_steps, seed + 2000, 0.02),
-                  description=f"seed {seed} {variant} fine-tune")
-            results[variant]["finetuned"].append(evaluate(model, test, classes))
-            plan_costs[variant], bytes_sent[variant] = _plan_and_budget_bytes(model, image,
-                                                                         ratios[variant])
-            print(f"seed {seed} {variant}: {results[variant]['at_budget'][-1]:.4f} at budget, "
-                  f"{results[variant]['finetuned'][-1]:.4f} fine-tuned", flush=True)
-
-    def stats(values):
-        values = np.asarray(values, np.float64)
-        spread = float(np.std(values, ddof=1)) if len(values) > 1 else None
-        return {"mean": float(np.mean(values)), "std": spread, "values": values.tolist()}
+            model, at_budget, finetuned = train_variant(
+                dense, variant, args.comm_ratio, schedule, seed, dataset.train,
+                lambda model: evaluate(model, test, classes), classes, label=f"seed {seed} ")
+            results[variant]["at_budget"].append(at_budget)
+            results[variant]["finetuned"].append(finetuned)
+            plan_costs[variant], bytes_sent[variant] = plan_and_budget_bytes(
+                model, image, comm_ratio_of(variant, args.comm_ratio))
+            print(f"seed {seed} {variant}: {at_budget:.4f} at budget, {finetuned:.4f} "
+                  "fine-tuned", flush=True)
 
     def quality(when):
         return {"metric": "top1", "single": stats(results["dense_split"][when]),
-                "dense_split": stats(results["dense_split"][when]),
-                "disco": stats(results["learned"][when]),
-                "random_mask": stats(results["random"][when]),
-                "no_comm": stats(results["no_comm"][when])}
+                **{QUALITY_KEYS[v]: stats(results[v][when]) for v in VARIANTS}}
 
     def paired(other, when):
         return stats(np.subtract(results["learned"][when], results[other][when]))
 
     costs = plan_costs["learned"]  # the same k, shapes and costs for every seed
-    steps = args.pretrain_steps + args.prune_steps + args.finetune_steps
+    steps = args.pretrain_steps + schedule.steps
     return {
         "model": args.model, "width": args.width, "task": "classification",
         "dataset": args.dataset, "nodes": args.mesh, "comm_ratio": args.comm_ratio,
@@ -160,22 +135,6 @@ def run(args) -> dict:
         "latency_ms": None,
         "wall_seconds": round(time.time() - started, 1),
     }
-
-
-def _plan_and_budget_bytes(model, image, comm_ratio):
-    """The costs of the plan compiled from ``model`` (which raises unless every
-    pair of every layer sends the same k), and its bytes per image against the
-    budget's (k = rho * C_in/N)."""
-    import disco_jax as dj
-
-    plan = dj.compile_plan(model)
-    costs = dj.model_costs(model, image, plan)
-    budget = sum(
-        dj.layer_costs(layer.spec, dj.k_for_ratio(comm_ratio, layer.spec.group_in),
-                       costs.layers[name]["input_shape"][:-1])["disco"].comm_bytes
-        for name, layer in plan.items() if layer.spec.split_input)
-    return costs, {"plan": costs.totals["disco"].comm_bytes, "budget": budget,
-                   "exact": costs.totals["disco"].comm_bytes == budget}
 
 
 def format_report(report: dict) -> str:
@@ -220,10 +179,9 @@ def main(argv=None) -> int:
         return 2
     print(format_report(report))
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        partial = args.report.with_name(args.report.name + ".partial")
-        partial.write_text(json.dumps(report, indent=1))
-        partial.replace(args.report)  # atomic: no half-written report
+        from experiments.compare import write_report
+
+        write_report(args.report, report)
         print(f"report written to {args.report}")
     return 0
 

@@ -9,7 +9,7 @@ from helpers import TinyNet
 import disco_jax as dj
 from disco_jax import sparsify
 from disco_jax.data import Split
-from disco_jax.train import CheckpointError, TrainConfig, evaluate, train
+from disco_jax.train import CheckpointError, TrainConfig, evaluate, restore_model, train
 
 
 @pytest.fixture(autouse=True)
@@ -51,6 +51,28 @@ def test_a_short_run_lowers_the_loss_and_learns_the_task():
     last = train(model, data, 4, CONFIG, progress=False)
     assert last.loss < first.loss
     assert evaluate(model, data, 4) > max(before, 0.6)
+
+
+def test_runs_with_the_same_settings_compile_the_train_step_once(monkeypatch):
+    from disco_jax import train as train_module
+
+    traces = []
+
+    def counting_loss(*args):
+        traces.append(1)  # runs only while jax traces the step
+        return loss(*args)
+
+    loss = train_module._loss
+    monkeypatch.setattr(train_module, "_loss", counting_loss)
+    train_module.make_train_step.cache_clear()
+    data = toy_data()
+    for seed in (0, 1):  # another model of the same structure, another data order
+        config = TrainConfig(steps=3, batch_size=32, learning_rate=0.05, seed=seed)
+        train(fresh_model(seed=seed), data, 4, config, progress=False)
+    assert len(traces) == 1
+    train(fresh_model(), data, 4, TrainConfig(steps=3, batch_size=32, learning_rate=0.01),
+          progress=False)
+    assert len(traces) == 2  # another learning rate: another optimiser, one more trace
 
 
 @pytest.mark.parametrize("nodes,importance", [(2, "weight_norm"), (4, "weight_norm"),
@@ -158,9 +180,41 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     train(fresh_model(), toy_data(), 4, TrainConfig(steps=2, batch_size=32, checkpoint_every=2),
           progress=False, checkpoint_dir=tmp_path)
     other = TinyNet(2, 0, width=16, classes=4)
-    with pytest.raises(CheckpointError, match=r"written by another model: .* has shape"):
+    with pytest.raises(CheckpointError, match=r"written by another model .*: .* has shape"):
         train(other, toy_data(), 4, TrainConfig(steps=4, batch_size=32), progress=False,
               checkpoint_dir=tmp_path)
+
+
+def test_restore_model_loads_the_latest_checkpoint_of_a_run(tmp_path):
+    data = toy_data()
+    model = fresh_model()
+    train(model, data, 4, TrainConfig(steps=6, batch_size=32, checkpoint_every=3),
+          progress=False, checkpoint_dir=tmp_path)
+    loaded = fresh_model(seed=1)
+    assert restore_model(loaded, tmp_path) == 6
+    model.eval()
+    loaded.eval()
+    np.testing.assert_array_equal(model(data.images[:8]), loaded(data.images[:8]))
+
+
+def test_restore_model_refuses_another_mesh_and_leaves_the_model_alone(tmp_path):
+    train(fresh_model(nodes=2), toy_data(), 4,
+          TrainConfig(steps=2, batch_size=32, checkpoint_every=2), progress=False,
+          checkpoint_dir=tmp_path)
+    other = fresh_model(nodes=4)
+    before = jax.tree.map(np.asarray, nnx.state(other))
+    with pytest.raises(CheckpointError, match=r"number of nodes.*mask.* has shape \[2, 2"):
+        restore_model(other, tmp_path)
+    jax.tree.map(np.testing.assert_array_equal, before,
+                 jax.tree.map(np.asarray, nnx.state(other)))
+
+
+def test_restore_model_names_a_folder_without_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint folder at"):
+        restore_model(fresh_model(), tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="holds no finished checkpoint"):
+        restore_model(fresh_model(), tmp_path / "empty")
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5])

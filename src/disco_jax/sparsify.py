@@ -4,8 +4,10 @@ A :class:`MaskMethod` acts on a model's DISCO layers during training through
 two hooks, so that the training loop and the models never change when a
 method does:
 
-- ``penalty(model, step)``: a term added to the loss, traced inside the jitted
-  train step (``step`` is an array);
+- ``penalty``: a term added to the loss, ``penalty(model, step)``, traced
+  inside the jitted train step (``step`` is an array), or None. It is a
+  hashable value (such as :class:`GroupLasso`), so that methods with the same
+  loss term share one compiled train step;
 - ``update(model, step)``: called between steps (outside jit) to set the
   layers' :class:`~disco_jax.layers.CommMask` values.
 
@@ -29,6 +31,7 @@ masks fixed.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Literal, Protocol
 
 import jax
@@ -47,7 +50,8 @@ class MaskMethod(Protocol):
     start: int
     end: int
 
-    def penalty(self, model: nnx.Module, step: jax.Array) -> jax.Array: ...
+    @property
+    def penalty(self) -> Callable[[nnx.Module, jax.Array], jax.Array] | None: ...
 
     def update(self, model: nnx.Module, step: int) -> None: ...
 
@@ -82,6 +86,28 @@ def check_schedule(start: int, end: int) -> None:
     if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
         raise ConfigError(f"mask schedule needs 0 <= start <= end, got start={start!r}, "
                           f"end={end!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupLasso:
+    """``strength`` x the sum of the norms of the off-diagonal channels still
+    read (:func:`channel_norms`), from step ``start`` until ``end``.
+
+    The loss term of :class:`GradualPruning`; a value, so that pruning runs
+    with the same term (whatever their budget) compile one train step.
+    """
+
+    strength: float
+    start: int
+    end: int
+
+    def __call__(self, model: nnx.Module, step: jax.Array) -> jax.Array:
+        active = (step >= self.start) & (step < self.end)
+        total = jnp.zeros((), jnp.float32)
+        for layer in _split_layers(model).values():
+            norms = channel_norms(layer) * layer.mask[...]
+            total = total + jnp.sum(jnp.where(_off_diagonal(layer.spec.nodes), norms, 0.0))
+        return jnp.where(active, self.strength, 0.0) * total
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,13 +156,9 @@ class GradualPruning:
         progress = (step - self.start) / max(self.end - self.start, 1)
         return int(round(k + (group - k) * (1.0 - progress) ** 3))
 
-    def penalty(self, model: nnx.Module, step: jax.Array) -> jax.Array:
-        active = (step >= self.start) & (step < self.end)
-        total = jnp.zeros((), jnp.float32)
-        for layer in _split_layers(model).values():
-            norms = channel_norms(layer) * layer.mask[...]
-            total = total + jnp.sum(jnp.where(_off_diagonal(layer.spec.nodes), norms, 0.0))
-        return jnp.where(active, self.lasso, 0.0) * total
+    @property
+    def penalty(self) -> GroupLasso | None:
+        return GroupLasso(self.lasso, self.start, self.end) if self.lasso > 0 else None
 
     def update(self, model: nnx.Module, step: int) -> None:
         due = step == self.end or (self.start <= step < self.end
@@ -181,8 +203,9 @@ class FixedMask:
     def end(self) -> int:
         return self.start
 
-    def penalty(self, model: nnx.Module, step: jax.Array) -> jax.Array:
-        return jnp.zeros((), jnp.float32)
+    @property
+    def penalty(self) -> None:
+        return None
 
     def update(self, model: nnx.Module, step: int) -> None:
         if step != self.start:

@@ -57,27 +57,47 @@ class TrainConfig:
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """SGD (Nesterov momentum, weight decay) with a warmup + cosine schedule.
+
+    Configs with the same optimiser settings get the same object back (the
+    seed, batch size and checkpoint interval do not matter), so that a jitted
+    step compiled for one run is reused by the next.
+    """
+    return _optimizer(config.learning_rate, config.warmup_steps, config.steps, config.momentum,
+                      config.weight_decay)
+
+
+@functools.lru_cache(maxsize=32)
+def _optimizer(learning_rate: float, warmup_steps: int, steps: int, momentum: float,
+               weight_decay: float) -> optax.GradientTransformation:
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, config.warmup_steps, max(config.steps, config.warmup_steps + 1))
-    return optax.chain(optax.add_decayed_weights(config.weight_decay),
-                       optax.sgd(schedule, momentum=config.momentum, nesterov=True))
+        0.0, learning_rate, warmup_steps, max(steps, warmup_steps + 1))
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.sgd(schedule, momentum=momentum, nesterov=True))
 
 
-def _loss(model, images, labels, classes, method, step):
+def _loss(model, images, labels, classes, penalty, step):
     logits = model(images)[:, :classes]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    penalty = method.penalty(model, step) if method is not None else 0.0
+    penalty = penalty(model, step) if penalty is not None else 0.0
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
     return loss + penalty, (loss, accuracy)
 
 
-def make_train_step(classes: int, method=None):
-    """A jitted ``step(model, optimizer, images, labels, step) -> (loss, accuracy)``."""
+@functools.lru_cache(maxsize=32)
+def make_train_step(classes: int, penalty=None):
+    """A jitted ``step(model, optimizer, images, labels, step) -> (loss, accuracy)``.
+
+    ``penalty`` is a mask method's loss term (``MaskMethod.penalty``) or None.
+    One function per (classes, penalty): every :func:`train` call with equal
+    arguments shares it, so a model of the same structure with an optimiser of
+    the same settings compiles once per process, not once per run.
+    """
 
     @nnx.jit
     def train_step(model, optimizer, images, labels, step):
         grads, (loss, accuracy) = nnx.grad(_loss, has_aux=True)(
-            model, images, labels, classes, method, step)
+            model, images, labels, classes, penalty, step)
         optimizer.update(model, grads)
         return loss, accuracy
 
@@ -122,9 +142,10 @@ def _restore(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer, di
     for name in sorted(set(ours) | set(theirs)):
         if ours.get(name) != theirs.get(name):
             raise CheckpointError(
-                f"the checkpoint in {directory} (step {step}) was written by another model: "
-                f"{name} has shape {theirs.get(name)} there and {ours.get(name)} here. Use "
-                "another --checkpoint-dir, or build the model the checkpoint came from.")
+                f"the checkpoint in {directory} (step {step}) was written by another model "
+                f"(another network, width or number of nodes): {name} has shape "
+                f"{theirs.get(name)} there and {ours.get(name)} here. Use another checkpoint "
+                "folder, or build the model the checkpoint came from.")
     target = {"model": nnx.to_pure_dict(nnx.state(model)),
               "optimizer": nnx.to_pure_dict(nnx.state(optimizer))}
     restored = manager.restore(step, args=ocp.args.Composite(
@@ -133,6 +154,36 @@ def _restore(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer, di
         state = nnx.state(module)
         nnx.replace_by_pure_dict(state, tree)
         nnx.update(module, state)
+
+
+def restore_model(model: nnx.Module, checkpoint_dir: str | os.PathLike) -> int:
+    """Loads the latest checkpoint :func:`train` wrote in ``checkpoint_dir``
+    into ``model`` (weights, BatchNorm statistics and masks; the optimiser
+    state is read and dropped).
+
+    Returns:
+      the step the checkpoint was written at.
+
+    Raises:
+      CheckpointError: no checkpoint there, or one of another model (another
+        network, width or number of nodes); ``model`` is left unchanged.
+    """
+    directory = Path(checkpoint_dir)
+    if not directory.is_dir():
+        raise CheckpointError(f"no checkpoint folder at {directory}; give the folder a "
+                              "training run saved to (it holds numbered step folders)")
+    manager = _manager(directory)
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise CheckpointError(f"{directory} holds no finished checkpoint; give the folder "
+                                  "a training run saved to")
+        # the optimiser's state has the same structure whatever its settings
+        optimizer = nnx.Optimizer(model, make_optimizer(TrainConfig(steps=1)), wrt=nnx.Param)
+        _restore(manager, step, model, optimizer, directory)
+    finally:
+        manager.close()
+    return step
 
 
 def _save(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer) -> None:
@@ -188,7 +239,7 @@ def train(model: nnx.Module, train_split: Split, classes: int, config: TrainConf
         if latest is not None:
             _restore(manager, latest, model, optimizer, directory)
             first = min(latest, config.steps)
-    step_fn = make_train_step(classes, method)
+    step_fn = make_train_step(classes, None if method is None else method.penalty)
     loss = accuracy = None
     bar = tqdm(range(first, config.steps), desc=description, disable=not progress,
                initial=first, total=config.steps, dynamic_ncols=True)

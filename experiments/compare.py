@@ -1,0 +1,153 @@
+"""The variants every experiment compares, trained the same way.
+
+From one dense checkpoint, each variant gets the same step budget: a pruning
+phase (its masks reach their budget on the same step) and a fine-tuning phase
+with the masks fixed.
+
+- ``learned`` (DISCO): :class:`~disco_jax.sparsify.GradualPruning`, group
+  lasso on the channels that travel and a cubic schedule that drops the
+  channels with the smallest weights until every node pair sends exactly
+  k = rho * C_in/N;
+- ``random``: the same schedule dropping channels in a random order, no
+  lasso: random exact masks at the same k, reached the same way;
+- ``no_comm``: the learned schedule down to k = 0 (block-diagonal);
+- ``dense_split``: all channels (rho = 1), trained just as long.
+
+This module also holds what the experiments' reports share: mean/std over
+seeds, the plan's bytes against the budget's, and writing a report without
+leaving half a file behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+VARIANTS = ("learned", "random", "no_comm", "dense_split")
+"""The variants, in report order."""
+
+QUALITY_KEYS = {"learned": "disco", "random": "random_mask", "no_comm": "no_comm",
+                "dense_split": "dense_split"}
+"""The variants' keys in the report schema (DESIGN.md section 8)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """The step budget every variant gets after the shared dense training.
+
+    Attributes:
+      prune_steps: steps in which the masks reach their budget (exact at the end).
+      finetune_steps: steps with the masks fixed.
+      batch_size: images per step.
+      learning_rate: peak learning rate of each phase (cosine decay to 0).
+      lasso: group-lasso strength of the learned and no-comm variants.
+    """
+
+    prune_steps: int
+    finetune_steps: int
+    batch_size: int = 128
+    learning_rate: float = 0.02
+    lasso: float = 1e-2
+
+    @property
+    def steps(self) -> int:
+        return self.prune_steps + self.finetune_steps
+
+
+def comm_ratio_of(variant: str, comm_ratio: float) -> float:
+    """The rho a variant's plan ends with."""
+    return {"no_comm": 0.0, "dense_split": 1.0}.get(variant, comm_ratio)
+
+
+def mask_method(variant: str, comm_ratio: float, schedule: Schedule, seed: int):
+    """The :class:`~disco_jax.sparsify.MaskMethod` of ``variant``'s pruning phase."""
+    from disco_jax import sparsify
+
+    def pruning(ratio, **options):
+        return sparsify.GradualPruning(ratio, start=0, end=schedule.prune_steps,
+                                       interval=max(schedule.prune_steps // 15, 1), seed=seed,
+                                       **options)
+
+    if variant == "learned":
+        return pruning(comm_ratio, lasso=schedule.lasso)
+    if variant == "random":
+        return pruning(comm_ratio, lasso=0.0, importance="random")
+    if variant == "no_comm":
+        return pruning(0.0, lasso=schedule.lasso)
+    if variant == "dense_split":
+        return sparsify.FixedMask("dense_split")
+    raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+
+
+def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, seed: int,
+                  train_split, evaluate_fn, classes: int, *, checkpoint_dir: Path | None = None,
+                  label: str = ""):
+    """Trains one variant from a copy of the dense model.
+
+    Arguments:
+      dense: the trained dense model (left as it is).
+      evaluate_fn: ``model -> top-1`` (called after each phase).
+      checkpoint_dir: save each phase here (``prune/`` and ``finetune/``) and
+        resume from it.
+
+    Returns:
+      ``(model, top-1 at budget, top-1 after fine-tuning)``.
+    """
+    from flax import nnx
+
+    from disco_jax.train import TrainConfig, train
+
+    def config(steps, data_seed):
+        return TrainConfig(steps=steps, batch_size=schedule.batch_size,
+                           learning_rate=schedule.learning_rate, seed=data_seed,
+                           checkpoint_every=max(steps, 1))
+
+    def folder(phase):
+        return None if checkpoint_dir is None else checkpoint_dir / phase
+
+    model = nnx.clone(dense)
+    train(model, train_split, classes, config(schedule.prune_steps, seed + 1000),
+          method=mask_method(variant, comm_ratio, schedule, seed),
+          checkpoint_dir=folder("prune"), description=f"{label}{variant} prune")
+    at_budget = evaluate_fn(model)
+    train(model, train_split, classes, config(schedule.finetune_steps, seed + 2000),
+          checkpoint_dir=folder("finetune"), description=f"{label}{variant} fine-tune")
+    return model, at_budget, evaluate_fn(model)
+
+
+def stats(values) -> dict:
+    """Mean, sample std (ddof=1; None for one value) and the values."""
+    values = np.asarray(values, np.float64)
+    spread = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return {"mean": float(np.mean(values)), "std": spread, "values": values.tolist()}
+
+
+def plan_and_budget_bytes(model, image_shape, comm_ratio: float):
+    """The costs of the plan compiled from ``model`` (which raises unless every
+    pair of every layer sends the same k), and its bytes per image against the
+    budget's (k = rho * C_in/N).
+
+    Returns:
+      ``(ModelCosts, {"plan": bytes, "budget": bytes, "exact": bool})``.
+    """
+    import disco_jax as dj
+
+    plan = dj.compile_plan(model)
+    costs = dj.model_costs(model, image_shape, plan)
+    budget = sum(
+        dj.layer_costs(layer.spec, dj.k_for_ratio(comm_ratio, layer.spec.group_in),
+                       costs.layers[name]["input_shape"][:-1])["disco"].comm_bytes
+        for name, layer in plan.items() if layer.spec.split_input)
+    return costs, {"plan": costs.totals["disco"].comm_bytes, "budget": budget,
+                   "exact": costs.totals["disco"].comm_bytes == budget}
+
+
+def write_report(path: Path, report: dict) -> None:
+    """Writes ``report`` as JSON; a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(report, indent=1))
+    partial.replace(path)

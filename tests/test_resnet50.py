@@ -1,0 +1,160 @@
+"""The main job, `python -m experiments.resnet50`, end to end on its --quick settings."""
+
+import json
+
+import numpy as np
+import pytest
+
+from disco_jax.data import FASHION_MNIST_DIR
+from experiments import resnet50
+
+pytestmark = pytest.mark.skipif(
+    not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="apt-get install dataset-fashion-mnist (CI installs it)")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One --quick run on 2 nodes with a sweep: its exit code, report and folder."""
+    folder = tmp_path_factory.mktemp("resnet50")
+    code = resnet50.main(["--quick", "--mesh", "2", "--sweep", "0,0.5,1", "--out",
+                          str(folder / "run"), "--report", str(folder / "report.json")])
+    return code, json.loads((folder / "report.json").read_text()), folder
+
+
+@pytest.mark.slow
+def test_quick_run_passes_its_own_checks(quick_run):
+    code, report, _ = quick_run
+    assert code == 0
+    assert resnet50.verified(report)
+
+
+@pytest.mark.slow
+def test_distributed_predictions_equal_the_single_device_reference(quick_run):
+    _, report, _ = quick_run
+    dist = report["distributed"]
+    assert dist["images"] == report["test_images"] > 0
+    assert dist["prediction_mismatches"] == dist["mismatches_that_are_ties"]
+    ties = dist["mismatches_that_are_ties"] / dist["images"]
+    assert dist["top1"] == pytest.approx(dist["reference_top1"], abs=ties)
+    assert report["quality"]["disco"] == dist["reference_top1"]
+    assert 0 <= report["max_abs_diff_vs_reference"] <= 1e-4 * max(dist["max_abs_reference"], 1)
+
+
+@pytest.mark.slow
+def test_report_has_the_design_schema_and_the_hlo_bytes_equal_the_plan(quick_run):
+    _, report, _ = quick_run
+    assert set(report["quality"]) == {"metric", "single", "dense_split", "disco",
+                                      "random_mask", "no_comm"}
+    assert all(0.0 <= report["quality"][k] <= 1.0 for k in report["quality"] if k != "metric")
+    comm = report["comm_bytes_per_sample"]
+    assert comm["disco_hlo"] == comm["disco"] > 0
+    assert report["comm_reduction"] == pytest.approx(comm["dense_split"] / comm["disco"])
+    for variant, entry in report["bytes_plan_vs_budget"].items():
+        assert entry["exact"] and entry["plan"] == entry["budget"], variant
+    flops, params = report["flops_per_node"], report["params_per_node"]
+    assert flops["disco"] < flops["dense_split"] < flops["single"]
+    assert params["disco"] < params["dense_split"] < params["single"]
+
+
+@pytest.mark.slow
+def test_every_variant_sees_the_same_steps_from_one_dense_checkpoint(quick_run):
+    _, report, folder = quick_run
+    steps = report["steps_per_variant"]
+    assert steps["total"] == steps["dense"] + steps["prune"] + steps["finetune"]
+    assert steps["images"] == steps["total"] * steps["batch_size"]
+    run = folder / "run"
+    for variant in ("learned", "random", "no_comm", "dense_split"):
+        assert (run / variant / "finetune").is_dir(), variant
+    assert (run / "plan" / "plan.json").is_file()
+
+
+@pytest.mark.slow
+def test_sweep_and_plots(quick_run):
+    _, report, _ = quick_run
+    assert [point["comm_ratio"] for point in report["sweep"]] == [0.0, 0.5, 1.0]
+    assert report["sweep"][0]["variant"] == "no_comm"
+    assert report["sweep"][2]["top1"] == report["quality"]["dense_split"]
+    assert len(report["plots"]) == 2
+    for path in report["plots"]:
+        with open(path, "rb") as png:
+            assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_init_loads_the_dense_model_instead_of_training_it(quick_run, tmp_path):
+    _, report, folder = quick_run
+    code = resnet50.main(["--quick", "--mesh", "2", "--init", str(folder / "run" / "dense"),
+                          "--out", str(tmp_path / "run"), "--report", str(tmp_path / "r.json")])
+    assert code == 0
+    again = json.loads((tmp_path / "r.json").read_text())
+    assert again["steps_per_variant"]["dense"] is None
+    assert again["steps_per_variant"]["init_step"] == 3
+    assert not (tmp_path / "run" / "dense").exists()
+    # same dense weights, same seeds: the same variants
+    assert again["quality"] == report["quality"]
+
+
+@pytest.mark.slow
+def test_a_run_started_again_resumes_from_its_checkpoints(quick_run, tmp_path):
+    _, report, folder = quick_run
+    code = resnet50.main(["--quick", "--mesh", "2", "--sweep", "0,0.5,1", "--out",
+                          str(folder / "run"), "--report", str(tmp_path / "again.json")])
+    assert code == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["quality"] == report["quality"]
+    assert again["max_abs_diff_vs_reference"] == report["max_abs_diff_vs_reference"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh", [4, 8])
+def test_quick_run_completes_on_larger_meshes(mesh, tmp_path):
+    code = resnet50.main(["--quick", "--mesh", str(mesh), "--out", str(tmp_path / "run"),
+                          "--report", str(tmp_path / "report.json")])
+    assert code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["nodes"] == mesh and len(report["devices"]) == mesh
+    assert np.isfinite(report["comm_reduction"]) and report["comm_reduction"] > 1
+
+
+def test_a_mesh_that_does_not_divide_the_channels_is_named(tmp_path, capsys):
+    assert resnet50.main(["--quick", "--mesh", "3", "--out", str(tmp_path / "run")]) == 2
+    assert "does not divide over 3 nodes" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_an_unknown_dataset_is_named(tmp_path, capsys):
+    assert resnet50.main(["--quick", "--dataset", "no_such_set",
+                          "--out", str(tmp_path / "run")]) == 2
+    assert "no_such_set" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_mesh_is_refused(quick_run, tmp_path, capsys):
+    _, _, folder = quick_run
+    code = resnet50.main(["--quick", "--mesh", "4", "--init", str(folder / "run" / "dense"),
+                          "--out", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "number of nodes" in err and "has shape" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_out_folder_of_other_settings_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "settings.json").write_text(json.dumps({"model": "resnet50", "seed": 7}))
+    assert resnet50.main(["--quick", "--out", str(run)]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--comm-ratio", "1.5"], "--comm-ratio must be in [0, 1]"),
+    (["--sweep", "0,x"], "--sweep takes comma-separated numbers"),
+    (["--mesh", "0"], "--mesh must be a positive number"),
+])
+def test_bad_arguments_are_refused_before_any_work(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        resnet50.parse_args(argv)
+    assert message in capsys.readouterr().err
