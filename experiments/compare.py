@@ -42,8 +42,13 @@ class Schedule:
       prune_steps: steps in which the masks reach their budget (exact at the end).
       finetune_steps: steps with the masks fixed.
       batch_size: images per step.
-      learning_rate: peak learning rate of each phase (cosine decay to 0).
+      learning_rate: peak learning rate (cosine decay to 0) of each phase, or of
+        the whole run when variants go on with the dense run (see
+        :func:`train_variant`).
       lasso: group-lasso strength of the learned and no-comm variants.
+      optimizer: ``"sgd"`` or ``"adamw"`` (:class:`~disco_jax.train.TrainConfig`).
+      warmup_steps: linear warmup at the start of each phase (or of the run).
+      weight_decay: the optimiser's weight decay.
     """
 
     prune_steps: int
@@ -51,6 +56,9 @@ class Schedule:
     batch_size: int = 128
     learning_rate: float = 0.02
     lasso: float = 1e-2
+    optimizer: str = "sgd"
+    warmup_steps: int = 0
+    weight_decay: float = 5e-4
 
     @property
     def steps(self) -> int:
@@ -62,12 +70,14 @@ def comm_ratio_of(variant: str, comm_ratio: float) -> float:
     return {"no_comm": 0.0, "dense_split": 1.0}.get(variant, comm_ratio)
 
 
-def mask_method(variant: str, comm_ratio: float, schedule: Schedule, seed: int):
-    """The :class:`~disco_jax.sparsify.MaskMethod` of ``variant``'s pruning phase."""
+def mask_method(variant: str, comm_ratio: float, schedule: Schedule, seed: int,
+                start: int = 0):
+    """The :class:`~disco_jax.sparsify.MaskMethod` of ``variant``'s pruning
+    phase, which begins at step ``start``."""
     from disco_jax import sparsify
 
     def pruning(ratio, **options):
-        return sparsify.GradualPruning(ratio, start=0, end=schedule.prune_steps,
+        return sparsify.GradualPruning(ratio, start=start, end=start + schedule.prune_steps,
                                        interval=max(schedule.prune_steps // 15, 1), seed=seed,
                                        **options)
 
@@ -78,44 +88,80 @@ def mask_method(variant: str, comm_ratio: float, schedule: Schedule, seed: int):
     if variant == "no_comm":
         return pruning(0.0, lasso=schedule.lasso)
     if variant == "dense_split":
-        return sparsify.FixedMask("dense_split")
+        return sparsify.FixedMask("dense_split", start=start)
     raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+
+
+def run_config(schedule: Schedule, steps: int, seed: int):
+    """The :class:`~disco_jax.train.TrainConfig` of a run of ``steps`` steps
+    with ``schedule``'s optimiser settings."""
+    from disco_jax.train import TrainConfig
+
+    return TrainConfig(steps=steps, batch_size=schedule.batch_size,
+                       learning_rate=schedule.learning_rate,
+                       warmup_steps=min(schedule.warmup_steps, steps // 2),
+                       optimizer=schedule.optimizer, weight_decay=schedule.weight_decay,
+                       seed=seed, checkpoint_every=max(steps, 1))
 
 
 def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, seed: int,
                   train_split, evaluate_fn, classes: int, *, checkpoint_dir: Path | None = None,
-                  label: str = ""):
+                  label: str = "", optimizer=None, evaluate_final: bool = True):
     """Trains one variant from a copy of the dense model.
+
+    Two ways to spend the variant's steps:
+
+    - ``optimizer=None``: two fresh runs, pruning then fine-tuning, each with
+      its own warmup + cosine schedule of ``schedule``'s learning rate;
+    - ``optimizer=`` the dense run's optimiser (``TrainResult.optimizer`` or
+      :func:`~disco_jax.train.restore_run`'s), at step P: the variant goes on
+      with the dense run itself, its optimiser state and the data order of
+      ``seed``, for steps P .. P + ``schedule.steps`` of one schedule (the
+      dense run was trained with ``run_config(schedule, P + schedule.steps,
+      seed)`` up to P); the masks reach the budget at P + ``prune_steps``.
+      The dense split variant is then exactly the uninterrupted dense run.
 
     Arguments:
       dense: the trained dense model (left as it is).
       evaluate_fn: ``model -> top-1`` (called after each phase).
       checkpoint_dir: save each phase here (``prune/`` and ``finetune/``) and
         resume from it.
+      evaluate_final: False to skip ``evaluate_fn`` after fine-tuning (the
+        caller measures the model itself).
 
     Returns:
-      ``(model, top-1 at budget, top-1 after fine-tuning)``.
+      ``(model, top-1 at budget, top-1 after fine-tuning or None)``.
     """
     from flax import nnx
 
-    from disco_jax.train import TrainConfig, train
-
-    def config(steps, data_seed):
-        return TrainConfig(steps=steps, batch_size=schedule.batch_size,
-                           learning_rate=schedule.learning_rate, seed=data_seed,
-                           checkpoint_every=max(steps, 1))
+    from disco_jax.train import train
 
     def folder(phase):
         return None if checkpoint_dir is None else checkpoint_dir / phase
 
     model = nnx.clone(dense)
-    train(model, train_split, classes, config(schedule.prune_steps, seed + 1000),
-          method=mask_method(variant, comm_ratio, schedule, seed),
-          checkpoint_dir=folder("prune"), description=f"{label}{variant} prune")
+    if optimizer is None:
+        method = mask_method(variant, comm_ratio, schedule, seed)
+        train(model, train_split, classes, run_config(schedule, schedule.prune_steps, seed + 1000),
+              method=method, checkpoint_dir=folder("prune"),
+              description=f"{label}{variant} prune")
+        at_budget = evaluate_fn(model)
+        train(model, train_split, classes,
+              run_config(schedule, schedule.finetune_steps, seed + 2000),
+              checkpoint_dir=folder("finetune"), description=f"{label}{variant} fine-tune")
+        return model, at_budget, evaluate_fn(model) if evaluate_final else None
+
+    start = int(optimizer.step[...])
+    config = run_config(schedule, start + schedule.steps, seed)
+    method = mask_method(variant, comm_ratio, schedule, seed, start=start)
+    budget_step = start + schedule.prune_steps
+    phase = train(model, train_split, classes, config, method=method, optimizer=optimizer,
+                  checkpoint_dir=folder("prune"), until=budget_step,
+                  description=f"{label}{variant} prune")
     at_budget = evaluate_fn(model)
-    train(model, train_split, classes, config(schedule.finetune_steps, seed + 2000),
+    train(model, train_split, classes, config, optimizer=phase.optimizer,
           checkpoint_dir=folder("finetune"), description=f"{label}{variant} fine-tune")
-    return model, at_budget, evaluate_fn(model)
+    return model, at_budget, evaluate_fn(model) if evaluate_final else None
 
 
 def stats(values) -> dict:
@@ -126,12 +172,12 @@ def stats(values) -> dict:
 
 
 def plan_and_budget_bytes(model, image_shape, comm_ratio: float):
-    """The costs of the plan compiled from ``model`` (which raises unless every
-    pair of every layer sends the same k), and its bytes per image against the
-    budget's (k = rho * C_in/N).
+    """The plan compiled from ``model`` (which raises unless every pair of
+    every layer sends the same k), its costs, and its bytes per image against
+    the budget's (k = rho * C_in/N).
 
     Returns:
-      ``(ModelCosts, {"plan": bytes, "budget": bytes, "exact": bool})``.
+      ``(Plan, ModelCosts, {"plan": bytes, "budget": bytes, "exact": bool})``.
     """
     import disco_jax as dj
 
@@ -141,7 +187,7 @@ def plan_and_budget_bytes(model, image_shape, comm_ratio: float):
         dj.layer_costs(layer.spec, dj.k_for_ratio(comm_ratio, layer.spec.group_in),
                        costs.layers[name]["input_shape"][:-1])["disco"].comm_bytes
         for name, layer in plan.items() if layer.spec.split_input)
-    return costs, {"plan": costs.totals["disco"].comm_bytes, "budget": budget,
+    return plan, costs, {"plan": costs.totals["disco"].comm_bytes, "budget": budget,
                    "exact": costs.totals["disco"].comm_bytes == budget}
 
 

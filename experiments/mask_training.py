@@ -96,7 +96,7 @@ def run(args) -> dict:
                 lambda model: evaluate(model, test, classes), classes, label=f"seed {seed} ")
             results[variant]["at_budget"].append(at_budget)
             results[variant]["finetuned"].append(finetuned)
-            plan_costs[variant], bytes_sent[variant] = plan_and_budget_bytes(
+            _, plan_costs[variant], bytes_sent[variant] = plan_and_budget_bytes(
                 model, image, comm_ratio_of(variant, args.comm_ratio))
             print(f"seed {seed} {variant}: {at_budget:.4f} at budget, {finetuned:.4f} "
                   "fine-tuned", flush=True)

@@ -8,16 +8,21 @@
 
 On the offline default data (Fashion-MNIST from the Debian package):
 
-1. train the dense model (every channel read), or load it with ``--init DIR``
-   (a checkpoint folder an earlier run wrote, e.g. ``runs/resnet50-n2/dense``);
-2. from that one checkpoint, give each variant of :mod:`experiments.compare`
+1. train the dense model (every channel read) for the first P steps of one
+   run (AdamW, warmup, cosine over all P + V steps), or load it, with its
+   optimiser state, with ``--init DIR`` (a checkpoint folder an earlier run
+   wrote, e.g. ``runs/resnet50-n2/dense``);
+2. from that one checkpoint, each variant of :mod:`experiments.compare`
    (learned masks = DISCO, random masks at the same k, no communication, the
-   dense split) the same steps: masks pruned to the budget, then fine-tuned;
+   dense split) goes on with the same run for the same V steps: masks pruned
+   to the budget, then fine-tuned. The dense split is thus the uninterrupted
+   dense run of P + V steps;
 3. compile the DISCO model's plan and save it with the checkpoints under
    ``--out``;
 4. run the DISCO model on an N-device mesh (``jax.shard_map``; emulated CPU
    devices when the machine has fewer) over the test set, and check it
-   against the single-device masked reference;
+   against the single-device masked reference; the other variants' top-1 is
+   measured on the mesh as well;
 5. print the DESIGN.md section 8 table, write it as JSON (``--report``) and
    draw the PNG plots (bytes per layer; accuracy against comm ratio with
    ``--sweep``).
@@ -29,21 +34,25 @@ with the same settings resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
+_RECIPE = dict(optimizer="adamw", learning_rate=2e-3, warmup_steps=30, weight_decay=1e-4)
 PRESETS = {
     # fits 20 minutes on the 2-core CPU machine; every variant sees the same steps
-    "default": dict(image_size=28, width=64, pretrain_steps=300, prune_steps=40,
-                    finetune_steps=20, batch_size=64, test_images=10000, eval_images=2000),
+    "default": dict(image_size=28, width=64, pretrain_steps=120, prune_steps=60,
+                    finetune_steps=90, batch_size=64, test_images=10000, eval_images=2000,
+                    **_RECIPE),
     # a real schedule, for accelerators or patience
     "full": dict(image_size=32, width=64, pretrain_steps=4000, prune_steps=1000,
-                 finetune_steps=1000, batch_size=128, test_images=10000, eval_images=10000),
+                 finetune_steps=1000, batch_size=128, test_images=10000, eval_images=10000,
+                 **_RECIPE | {"warmup_steps": 300}),
     # the same pipeline in a few steps of a narrow net: smoke tests and CI
     "quick": dict(image_size=28, width=8, pretrain_steps=3, prune_steps=3, finetune_steps=2,
-                  batch_size=16, test_images=128, eval_images=128),
+                  batch_size=16, test_images=128, eval_images=128, **_RECIPE),
 }
 SETTINGS = tuple(PRESETS["default"])
 
@@ -66,9 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--preset", choices=("default", "full"), default="default")
     parser.add_argument("--quick", action="store_true",
                         help="a few steps of a narrow net (the 'quick' preset), under 3 minutes")
-    for name in SETTINGS:
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int,
-                            help=f"overrides the preset's {name}")
+    for name, value in PRESETS["default"].items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value),
+                            choices=("sgd", "adamw") if name == "optimizer" else None,
+                            help=f"overrides the preset's {name} ({value!r} by default)")
     parser.add_argument("--lasso", type=float, default=1e-2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sweep", help="comma-separated comm ratios for the accuracy plot, "
@@ -132,13 +142,14 @@ def run(args) -> dict:
     import disco_jax as dj
     from disco_jax import data, sparsify
     from disco_jax.models import NETWORKS
-    from disco_jax.train import TrainConfig, evaluate, restore_model, train
+    from disco_jax.train import evaluate, restore_run, train
     from experiments.compare import (
         QUALITY_KEYS,
         VARIANTS,
         Schedule,
         comm_ratio_of,
         plan_and_budget_bytes,
+        run_config,
         train_variant,
     )
 
@@ -150,51 +161,57 @@ def run(args) -> dict:
     classes, image = dataset.classes, (1, *dataset.image_shape)
     dense = NETWORKS[args.model](classes=classes, nodes=args.mesh,
                                  in_channels=dataset.image_shape[-1], stem=args.stem,
-                                 width=args.width, rngs=nnx.Rngs(args.seed))
+                                 width=args.width, zero_init_residual=True,
+                                 rngs=nnx.Rngs(args.seed))
     mesh = dj.make_mesh(args.mesh)  # too few devices: say so before any training
 
-    # 1. the dense model
+    # 1. the dense model: the first steps of one run that each variant goes on with
+    schedule = Schedule(args.prune_steps, args.finetune_steps, args.batch_size,
+                        learning_rate=args.learning_rate, lasso=args.lasso,
+                        optimizer=args.optimizer, warmup_steps=args.warmup_steps,
+                        weight_decay=args.weight_decay)
     sparsify.FixedMask("dense_split").update(dense, 0)
-    init_step = None if args.init is None else restore_model(dense, args.init)
+    if args.init is not None:
+        init_step, optimizer = restore_run(dense, args.init, optimizer=args.optimizer)
     _claim_out_dir(args)  # only now: a refused run leaves no folder behind
     if args.init is not None:
         pretrain_steps = None
     else:
-        train(dense, dataset.train, classes,
-              TrainConfig(steps=args.pretrain_steps, batch_size=args.batch_size,
-                          learning_rate=0.05, seed=args.seed,
-                          checkpoint_every=max(args.pretrain_steps // 4, 1)),
-              checkpoint_dir=args.out / "dense", description="dense")
-        pretrain_steps = args.pretrain_steps
+        config = run_config(schedule, args.pretrain_steps + schedule.steps, args.seed)
+        optimizer = train(dense, dataset.train, classes,
+                          dataclasses.replace(config,
+                                              checkpoint_every=max(args.pretrain_steps // 4, 1)),
+                          until=args.pretrain_steps, checkpoint_dir=args.out / "dense",
+                          description="dense").optimizer
+        init_step, pretrain_steps = None, args.pretrain_steps
     timings["dense"] = time.time() - started
 
     # 2. the variants, from that one checkpoint, with the same steps
     def held_out_top1(model):
         return evaluate(model, held_out, classes)
 
-    schedule = Schedule(args.prune_steps, args.finetune_steps, args.batch_size,
-                        learning_rate=0.02, lasso=args.lasso)
     variants = VARIANTS if args.mesh > 1 else ("dense_split",)  # N = 1: nothing travels
-    models, at_budget, bytes_sent = {}, {}, {}
+    models, plans, at_budget, bytes_sent = {}, {}, {}, {}
     for variant in variants:
         begin = time.time()
         models[variant], at_budget[variant], _ = train_variant(
             dense, variant, args.comm_ratio, schedule, args.seed, dataset.train,
-            held_out_top1, classes, checkpoint_dir=args.out / variant)
-        _, bytes_sent[variant] = plan_and_budget_bytes(models[variant], image,
-                                                       comm_ratio_of(variant, args.comm_ratio))
+            held_out_top1, classes, checkpoint_dir=args.out / variant, optimizer=optimizer,
+            evaluate_final=False)
+        plans[variant], _, bytes_sent[variant] = plan_and_budget_bytes(
+            models[variant], image, comm_ratio_of(variant, args.comm_ratio))
         timings[variant] = time.time() - begin
     if args.mesh == 1:
-        models["learned"] = models["dense_split"]
+        models["learned"], plans["learned"] = models["dense_split"], plans["dense_split"]
 
-    # the test set: every variant, and DISCO on the mesh against its reference
+    # the test set, on the mesh: DISCO against its single-device reference, the
+    # other variants' top-1 (at N = 1 DISCO is the dense split)
     begin = time.time()
-    disco = models["learned"]
-    plan = dj.compile_plan(disco)
+    disco, plan = models["learned"], plans["learned"]
     plan_dir = dj.save_plan(plan, args.out / "plan", overwrite=True)
     check = _distributed_check(disco, plan, mesh, test, classes)
-    # DISCO's top-1 is the check's single-device pass (at N = 1 it is the dense split too)
-    top1 = {v: check["reference_top1"] if model is disco else evaluate(model, test, classes)
+    top1 = {v: check["reference_top1"] if model is disco else
+            _distributed_check(model, plans[v], mesh, test, classes, reference=False)["top1"]
             for v, model in models.items()}
     timings["test_and_mesh"] = time.time() - begin
 
@@ -207,9 +224,11 @@ def run(args) -> dict:
             continue
         model, _, _ = train_variant(dense, "learned", ratio, schedule, args.seed,
                                     dataset.train, held_out_top1, classes,
-                                    checkpoint_dir=args.out / f"sweep-{ratio:g}")
-        sweep.append({"comm_ratio": ratio, "top1": evaluate(model, test, classes),
-                      "variant": "learned"})
+                                    checkpoint_dir=args.out / f"sweep-{ratio:g}",
+                                    optimizer=optimizer, evaluate_final=False)
+        ratio_top1 = _distributed_check(model, dj.compile_plan(model), mesh, test, classes,
+                                        reference=False)["top1"]
+        sweep.append({"comm_ratio": ratio, "top1": ratio_top1, "variant": "learned"})
 
     costs = dj.model_costs(disco, image, plan)
     totals = costs.totals
@@ -233,6 +252,8 @@ def run(args) -> dict:
             "init_step": init_step, "prune": schedule.prune_steps,
             "finetune": schedule.finetune_steps, "batch_size": args.batch_size,
             "total": steps, "images": steps * args.batch_size},
+        "recipe": {name: getattr(args, name) for name in _RECIPE} | {"lasso": args.lasso,
+                                                                     "zero_init_residual": True},
         "comm_bytes_per_sample": {"dense_split": totals["dense_split"].comm_bytes,
                                   "disco": totals["disco"].comm_bytes,
                                   "disco_hlo": check["hlo_bytes_per_sample"]},
@@ -258,9 +279,11 @@ def run(args) -> dict:
     }
 
 
-def _distributed_check(model, plan, mesh, test, classes, batch: int = 500) -> dict:
-    """Runs ``model``'s inference form on ``mesh`` over ``test`` and compares it
-    with the single-device masked reference (the training form, one device)."""
+def _distributed_check(model, plan, mesh, test, classes, batch: int = 500, *,
+                       reference: bool = True) -> dict:
+    """Runs ``model``'s inference form on ``mesh`` over ``test`` and, with
+    ``reference``, compares it with the single-device masked reference (the
+    training form, one device). Without it, only the mesh's top-1."""
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
@@ -270,10 +293,8 @@ def _distributed_check(model, plan, mesh, test, classes, batch: int = 500) -> di
     batch = min(batch, len(test))
     distributed = dj.DistributedModel(model, mesh, plan, output_channels=classes)
     model.eval()
-    reference = nnx.jit(lambda m, x: m(x)[:, :classes])
-    sample = jnp.asarray(test.images[:batch])
-    compiled = distributed.compile(sample)
-    hlo = compiled.as_text()
+    reference_fn = nnx.jit(lambda m, x: m(x)[:, :classes])
+    compiled = distributed.compile(jnp.asarray(test.images[:batch]))
     max_diff = max_ref = 0.0
     predicted, expected, ties, seconds = [], [], 0, 0.0
     for begin in range(0, len(test), batch):
@@ -286,24 +307,30 @@ def _distributed_check(model, plan, mesh, test, classes, batch: int = 500) -> di
         logits = distributed.outputs(compiled(*distributed.inputs(jnp.asarray(images))))
         logits = np.asarray(logits)[:count]
         seconds += time.time() - started
-        ref = np.asarray(reference(model, jnp.asarray(images)))[:count]
+        predicted.append(logits.argmax(-1))
+        if not reference:
+            continue
+        ref = np.asarray(reference_fn(model, jnp.asarray(images)))[:count]
         max_diff = max(max_diff, float(np.max(np.abs(logits - ref))))
         max_ref = max(max_ref, float(np.max(np.abs(ref))))
-        predicted.append(logits.argmax(-1))
         expected.append(ref.argmax(-1))
         # a differing prediction is a float tie if the reference's top two are that close
         top2 = np.sort(ref, -1)[:, -2:]
         differ = logits.argmax(-1) != ref.argmax(-1)
         ties += int(np.sum(differ & (top2[:, 1] - top2[:, 0] <= 1e-4 * max(max_ref, 1.0))))
     model.train()
-    predicted, expected = np.concatenate(predicted), np.concatenate(expected)
-    mismatches = int(np.sum(predicted != expected))
-    return {
-        "top1": float(np.mean(predicted == test.labels)),
+    predicted = np.concatenate(predicted)
+    result = {"top1": float(np.mean(predicted == test.labels)), "images": len(test),
+              "batch": batch, "mesh_seconds": round(seconds, 2)}
+    if not reference:
+        return result
+    expected = np.concatenate(expected)
+    hlo = compiled.as_text()
+    return result | {
         "reference_top1": float(np.mean(expected == test.labels)),
-        "prediction_mismatches": mismatches, "mismatches_that_are_ties": ties,
+        "prediction_mismatches": int(np.sum(predicted != expected)),
+        "mismatches_that_are_ties": ties,
         "max_abs_diff": max_diff, "max_abs_reference": max_ref,
-        "images": len(test), "batch": batch, "mesh_seconds": round(seconds, 2),
         "hlo_bytes_per_sample": dj.hlo_permute_bytes(hlo) / batch,
         "hlo_flops_per_sample": dj.hlo_flops(compiled) / batch,
         "other_collectives": dj.hlo_other_collectives(hlo),
@@ -328,7 +355,7 @@ def targets(report: dict) -> list[tuple[str, str, bool | None]]:
     if quality["random_mask"] is not None:
         gap = 100 * (quality["dense_split"] - quality["disco"])
         rows.append(("DISCO top-1 within 1.0 point of the dense split",
-                     f"{gap:+.2f} points below", gap <= 1.0))
+                     f"{abs(gap):.2f} points {'below' if gap > 0 else 'above'}", gap <= 1.0))
         lead = 100 * (quality["disco"] - quality["random_mask"])
         rows.append(("learned masks above random masks at the same k",
                      f"{lead:+.2f} points", lead > 0))
@@ -341,7 +368,7 @@ def format_report(report: dict) -> str:
     def pct(value):
         return "     -" if value is None else f"{100 * value:6.2f}"
 
-    steps, quality = report["steps_per_variant"], report["quality"]
+    steps, quality, recipe = report["steps_per_variant"], report["quality"], report["recipe"]
     at_budget, dist = report["quality_at_budget"], report["distributed"]
     comm, flops, params = (report["comm_bytes_per_sample"], report["flops_per_node"],
                            report["params_per_node"])
@@ -353,7 +380,9 @@ def format_report(report: dict) -> str:
         f"{report['comm_ratio']}, float32 payload, preset {report['preset']}",
         f"training: {dense}, then per variant {steps['prune']} prune + {steps['finetune']} "
         f"fine-tune steps of {steps['batch_size']} images (every variant: {steps['total']} "
-        f"steps, {steps['images']:,} images)",
+        f"steps, {steps['images']:,} images); {recipe['optimizer']}, peak lr "
+        f"{recipe['learning_rate']:g}, warmup {recipe['warmup_steps']} steps, cosine over "
+        "the whole run",
         f"  {'top-1 %':22} {'test (' + str(report['test_images']) + ')':>12} "
         f"{'at budget (' + str(at_budget['images']) + ')':>18}",
     ]

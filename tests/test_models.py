@@ -54,3 +54,18 @@ def test_classifier_pads_to_a_multiple_of_the_nodes():
 def test_width_that_does_not_divide_over_the_nodes_is_refused():
     with pytest.raises(dj.ConfigError, match="width 12 does not divide over 8 nodes"):
         ResNet18(width=12, nodes=8, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("network", [ResNet18, ResNet50])
+def test_zero_init_residual_starts_every_block_as_the_identity(network):
+    model = network(classes=10, width=8, in_channels=1, zero_init_residual=True,
+                    rngs=nnx.Rngs(0))
+    model.eval()
+    identity_blocks = [block for block in model.blocks if block.proj is None]
+    assert identity_blocks
+    for block in identity_blocks:
+        shape = (2, 4, 4, block.conv1.spec.c_in)
+        x = jax.nn.relu(jax.random.normal(jax.random.key(0), shape))  # a block's input is >= 0
+        assert jax.numpy.array_equal(block(x), x)
+    plain = network(classes=10, width=8, in_channels=1, rngs=nnx.Rngs(0))
+    assert count_params(plain) == count_params(model)

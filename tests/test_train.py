@@ -9,7 +9,14 @@ from helpers import TinyNet
 import disco_jax as dj
 from disco_jax import sparsify
 from disco_jax.data import Split
-from disco_jax.train import CheckpointError, TrainConfig, evaluate, restore_model, train
+from disco_jax.train import (
+    CheckpointError,
+    TrainConfig,
+    evaluate,
+    restore_model,
+    restore_run,
+    train,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -215,6 +222,85 @@ def test_restore_model_names_a_folder_without_a_checkpoint(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="holds no finished checkpoint"):
         restore_model(fresh_model(), tmp_path / "empty")
+
+
+def test_adamw_runs_learn_and_resume_exactly(tmp_path):
+    data = toy_data()
+    config = TrainConfig(steps=30, batch_size=32, learning_rate=1e-2, warmup_steps=3,
+                         optimizer="adamw", weight_decay=1e-4, checkpoint_every=10)
+    whole = fresh_model()
+    before = evaluate(whole, data, 4)
+    train(whole, data, 4, config, progress=False)
+    assert evaluate(whole, data, 4) > max(before, 0.6)
+    train(fresh_model(), data, 4, config, progress=False, checkpoint_dir=tmp_path,
+          stop_after=20)
+    restarted = fresh_model()
+    train(restarted, data, 4, config, progress=False, checkpoint_dir=tmp_path)
+    jax.tree.map(np.testing.assert_array_equal,
+                 jax.tree.map(np.asarray, nnx.state(whole)),
+                 jax.tree.map(np.asarray, nnx.state(restarted)))
+    loaded = fresh_model(seed=1)
+    assert restore_model(loaded, tmp_path) == 30  # an AdamW checkpoint loads as well
+    whole.eval()
+    loaded.eval()
+    np.testing.assert_array_equal(whole(data.images[:8]), loaded(data.images[:8]))
+
+
+def test_a_run_in_phases_ends_where_an_uninterrupted_run_does(tmp_path):
+    """``until`` ends a phase; ``optimizer=`` goes on from it on the same schedule,
+    in memory or from the phase's checkpoint (restore_run)."""
+    data = toy_data()
+    config = TrainConfig(steps=30, batch_size=32, learning_rate=1e-2, warmup_steps=3,
+                         optimizer="adamw", checkpoint_every=30)
+    method = sparsify.GradualPruning(comm_ratio=0.25, start=10, end=20, interval=5)
+    whole = fresh_model()
+    train(whole, data, 4, config, method=method, progress=False)
+
+    phased = fresh_model()
+    first = train(phased, data, 4, config, method=method, until=10, progress=False,
+                  checkpoint_dir=tmp_path / "first")
+    assert (first.first_step, first.steps, int(first.optimizer.step[...])) == (0, 10, 10)
+    second = train(phased, data, 4, config, method=method, until=20, progress=False,
+                   optimizer=first.optimizer)
+    third = train(phased, data, 4, config, optimizer=second.optimizer, progress=False)
+    assert (second.first_step, third.first_step, third.steps) == (10, 20, 10)
+
+    reloaded = fresh_model(seed=1)
+    step, optimizer = restore_run(reloaded, tmp_path / "first", optimizer="adamw")
+    assert step == 10
+    train(reloaded, data, 4, config, method=method, optimizer=optimizer, progress=False)
+    for model in (phased, reloaded):
+        jax.tree.map(np.testing.assert_array_equal,
+                     jax.tree.map(np.asarray, nnx.state(whole)),
+                     jax.tree.map(np.asarray, nnx.state(model)))
+
+
+def test_going_on_from_another_kind_of_optimiser_is_refused(tmp_path):
+    data = toy_data()
+    sgd = train(fresh_model(), data, 4, TrainConfig(steps=2, batch_size=32), progress=False,
+                checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="state of another optimiser or model"):
+        train(fresh_model(), data, 4, TrainConfig(steps=4, batch_size=32, optimizer="adamw"),
+              optimizer=sgd.optimizer, progress=False)
+    with pytest.raises(CheckpointError, match="trained with the 'sgd' optimiser"):
+        restore_run(fresh_model(), tmp_path, optimizer="adamw")
+
+
+def test_resuming_with_another_optimiser_is_refused(tmp_path):
+    train(fresh_model(), toy_data(), 4, TrainConfig(steps=2, batch_size=32, checkpoint_every=2),
+          progress=False, checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="trained with the 'sgd' optimiser and this run "
+                                              "uses 'adamw'"):
+        train(fresh_model(), toy_data(), 4,
+              TrainConfig(steps=4, batch_size=32, optimizer="adamw"), progress=False,
+              checkpoint_dir=tmp_path)
+
+
+def test_an_unknown_optimiser_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(dj.ConfigError, match=r"optimizer must be one of \('sgd', 'adamw'\)"):
+        train(fresh_model(), toy_data(), 4, TrainConfig(steps=2, optimizer="lamb"),
+              progress=False, checkpoint_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5])

@@ -1,10 +1,15 @@
 """Training: optax optimiser, jitted train step, evaluation, orbax checkpoints.
 
-:func:`train` runs ``config.steps`` steps of SGD (momentum, cosine schedule,
-weight decay) on a model in training form, with an optional
-:class:`~disco_jax.sparsify.MaskMethod` that adds its penalty to the loss and
-sets the masks between steps. BatchNorm uses batch statistics in training and
-its running averages in :func:`evaluate`.
+:func:`train` runs ``config.steps`` steps of SGD (Nesterov momentum) or
+AdamW, with a warmup + cosine schedule and weight decay, on a model in
+training form, with an optional :class:`~disco_jax.sparsify.MaskMethod` that
+adds its penalty to the loss and sets the masks between steps. BatchNorm uses
+batch statistics in training and its running averages in :func:`evaluate`.
+
+A run can be cut into phases: ``until`` ends a call at a step, and the next
+call goes on from the returned optimiser (``optimizer=``) on the same
+schedule, so that several continuations (one per mask variant) can branch
+from one dense run.
 
 With ``checkpoint_dir`` the run saves every ``config.checkpoint_every`` steps
 (model, optimiser, masks; orbax, written atomically) and, when started again,
@@ -19,6 +24,7 @@ import dataclasses
 import functools
 import os
 from pathlib import Path
+from typing import Literal
 
 import jax.numpy as jnp
 import numpy as np
@@ -26,7 +32,7 @@ import optax
 from flax import nnx
 
 from disco_jax.data import Split, batch_indices
-from disco_jax.errors import DiscoError
+from disco_jax.errors import ConfigError, DiscoError
 
 
 class CheckpointError(DiscoError):
@@ -41,7 +47,10 @@ class TrainConfig:
       steps: total training steps (a resumed run stops at the same step).
       batch_size: examples per step.
       learning_rate: peak learning rate (after ``warmup_steps``), cosine decay to 0.
-      momentum, weight_decay: SGD settings.
+      optimizer: ``"sgd"`` (Nesterov, ``momentum``; weight decay added to the
+        gradient) or ``"adamw"`` (decoupled weight decay; converges in fewer
+        steps when the step budget is small).
+      momentum, weight_decay: optimiser settings (``momentum`` is SGD's only).
       seed: seeds the data order.
       checkpoint_every: steps between checkpoints (with ``checkpoint_dir``).
     """
@@ -50,6 +59,7 @@ class TrainConfig:
     batch_size: int = 128
     learning_rate: float = 0.05
     warmup_steps: int = 0
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     seed: int = 0
@@ -63,15 +73,22 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     seed, batch size and checkpoint interval do not matter), so that a jitted
     step compiled for one run is reused by the next.
     """
-    return _optimizer(config.learning_rate, config.warmup_steps, config.steps, config.momentum,
-                      config.weight_decay)
+    return _optimizer(config.optimizer, config.learning_rate, config.warmup_steps, config.steps,
+                      config.momentum, config.weight_decay)
+
+
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @functools.lru_cache(maxsize=32)
-def _optimizer(learning_rate: float, warmup_steps: int, steps: int, momentum: float,
+def _optimizer(name: str, learning_rate: float, warmup_steps: int, steps: int, momentum: float,
                weight_decay: float) -> optax.GradientTransformation:
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"TrainConfig optimizer must be one of {OPTIMIZERS}, got {name!r}")
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, learning_rate, warmup_steps, max(steps, warmup_steps + 1))
+    if name == "adamw":
+        return optax.adamw(schedule, weight_decay=weight_decay)
     return optax.chain(optax.add_decayed_weights(weight_decay),
                        optax.sgd(schedule, momentum=momentum, nesterov=True))
 
@@ -133,10 +150,22 @@ def _manager(directory: Path):
     return ocp.CheckpointManager(directory.absolute(), options=options)
 
 
-def _restore(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer, directory):
+def _meta(manager, step: int) -> dict:
     import orbax.checkpoint as ocp
 
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def _restore(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer, kind: str,
+             directory):
+    import orbax.checkpoint as ocp
+
+    meta = _meta(manager, step)
+    if meta.get("optimizer", "sgd") != kind:
+        raise CheckpointError(
+            f"the checkpoint in {directory} (step {step}) was trained with the "
+            f"{meta.get('optimizer', 'sgd')!r} optimiser and this run uses {kind!r}; resume "
+            "with the same optimiser, or use another checkpoint folder")
     ours = _signature(model)
     theirs = meta.get("signature", {})
     for name in sorted(set(ours) | set(theirs)):
@@ -159,7 +188,7 @@ def _restore(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer, di
 def restore_model(model: nnx.Module, checkpoint_dir: str | os.PathLike) -> int:
     """Loads the latest checkpoint :func:`train` wrote in ``checkpoint_dir``
     into ``model`` (weights, BatchNorm statistics and masks; the optimiser
-    state is read and dropped).
+    state is read and dropped: :func:`restore_run` keeps it).
 
     Returns:
       the step the checkpoint was written at.
@@ -167,6 +196,18 @@ def restore_model(model: nnx.Module, checkpoint_dir: str | os.PathLike) -> int:
     Raises:
       CheckpointError: no checkpoint there, or one of another model (another
         network, width or number of nodes); ``model`` is left unchanged.
+    """
+    return restore_run(model, checkpoint_dir)[0]
+
+
+def restore_run(model: nnx.Module, checkpoint_dir: str | os.PathLike, *,
+                optimizer: str | None = None) -> tuple[int, nnx.Optimizer]:
+    """:func:`restore_model`, also returning the run's optimiser (its state
+    and step count), which :func:`train` can go on from (``optimizer=``).
+
+    Arguments:
+      optimizer: the kind (``TrainConfig.optimizer``) the caller will go on
+        with; a checkpoint of another kind is refused.
     """
     directory = Path(checkpoint_dir)
     if not directory.is_dir():
@@ -178,37 +219,57 @@ def restore_model(model: nnx.Module, checkpoint_dir: str | os.PathLike) -> int:
         if step is None:
             raise CheckpointError(f"{directory} holds no finished checkpoint; give the folder "
                                   "a training run saved to")
-        # the optimiser's state has the same structure whatever its settings
-        optimizer = nnx.Optimizer(model, make_optimizer(TrainConfig(steps=1)), wrt=nnx.Param)
-        _restore(manager, step, model, optimizer, directory)
+        # the optimiser's state has the same structure whatever its settings but its kind
+        saved = _meta(manager, step).get("optimizer", "sgd")
+        state = nnx.Optimizer(model, make_optimizer(TrainConfig(steps=1, optimizer=saved)),
+                              wrt=nnx.Param)
+        _restore(manager, step, model, state, optimizer or saved, directory)
     finally:
         manager.close()
-    return step
+    return step, state
 
 
-def _save(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer) -> None:
+def _save(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer, kind: str) -> None:
     import orbax.checkpoint as ocp
 
     tree = {"model": nnx.to_pure_dict(nnx.state(model)),
             "optimizer": nnx.to_pure_dict(nnx.state(optimizer))}
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(tree),
-        meta=ocp.args.JsonSave({"step": step, "signature": _signature(model)})))
+        meta=ocp.args.JsonSave({"step": step, "optimizer": kind,
+                                "signature": _signature(model)})))
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
     """What :func:`train` did: the steps run now (after a resume, fewer than
-    ``config.steps``), and the loss/accuracy of the last step."""
+    ``config.steps``), the loss/accuracy of the last step, and the optimiser
+    (state and step count) a next phase can go on from."""
 
     first_step: int
     steps: int
     loss: float | None
     accuracy: float | None
+    optimizer: nnx.Optimizer | None = dataclasses.field(default=None, repr=False)
+
+
+def _continue_from(optimizer: nnx.Optimizer, given: nnx.Optimizer, kind: str) -> int:
+    """Copies ``given``'s state into ``optimizer``; returns its step count."""
+    import jax
+
+    ours, theirs = nnx.state(optimizer), nnx.state(given)
+    if jax.tree.structure(ours) != jax.tree.structure(theirs):
+        raise CheckpointError(
+            f"train(optimizer=...) got the state of another optimiser or model than this "
+            f"run's ({kind!r} on this model); pass the optimiser of an earlier phase of the "
+            "same model with the same TrainConfig.optimizer")
+    nnx.update(optimizer, theirs)
+    return int(optimizer.step[...])
 
 
 def train(model: nnx.Module, train_split: Split, classes: int, config: TrainConfig, *,
           method=None, checkpoint_dir: str | os.PathLike | None = None,
+          optimizer: nnx.Optimizer | None = None, until: int | None = None,
           progress: bool = True, description: str = "train",
           stop_after: int | None = None) -> TrainResult:
     """Trains ``model`` in place for ``config.steps`` steps (see the module docstring).
@@ -218,50 +279,61 @@ def train(model: nnx.Module, train_split: Split, classes: int, config: TrainConf
       train_split: the training data.
       method: a :class:`~disco_jax.sparsify.MaskMethod`, or None to leave masks alone.
       checkpoint_dir: save here, and resume from here if it holds a checkpoint.
+      optimizer: go on from this optimiser's state and step count (such as the
+        ``TrainResult.optimizer`` of an earlier phase of the same run, or
+        :func:`restore_run`'s): training starts at its step, on the schedule
+        of ``config``. A checkpoint in ``checkpoint_dir`` takes precedence.
+      until: end this call once this many steps are done, saving a checkpoint
+        there; the schedule is still that of ``config.steps``, and a later call
+        (same config and folder, or ``optimizer=`` this call's) goes on.
       progress: show a progress bar with loss and accuracy.
       stop_after: stop dead once this many steps are done, as a killed run would
         (for tests of resuming); the schedule is still that of ``config.steps``.
 
     Raises:
-      CheckpointError: ``checkpoint_dir`` holds a checkpoint of another model.
+      CheckpointError: ``checkpoint_dir`` holds a checkpoint of another model,
+        or ``optimizer`` is of another kind or model.
     """
     from tqdm.auto import tqdm
 
     if config.steps < 0 or config.batch_size < 1:
         raise DiscoError(f"TrainConfig needs steps >= 0 and batch_size >= 1, got {config}")
     model.train()
-    optimizer = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
+    state = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
     manager, first = None, 0
+    if optimizer is not None:
+        first = min(_continue_from(state, optimizer, config.optimizer), config.steps)
     if checkpoint_dir is not None:
         directory = Path(checkpoint_dir)
         manager = _manager(directory)
         latest = manager.latest_step()
         if latest is not None:
-            _restore(manager, latest, model, optimizer, directory)
+            _restore(manager, latest, model, state, config.optimizer, directory)
             first = min(latest, config.steps)
+    end = config.steps if until is None else min(until, config.steps)
     step_fn = make_train_step(classes, None if method is None else method.penalty)
     loss = accuracy = None
-    bar = tqdm(range(first, config.steps), desc=description, disable=not progress,
-               initial=first, total=config.steps, dynamic_ncols=True)
+    bar = tqdm(range(first, end), desc=description, disable=not progress,
+               initial=first, total=end, dynamic_ncols=True)
     for step in bar:
         if stop_after is not None and step >= stop_after:
             break
         if method is not None:
             method.update(model, step)
         index = batch_indices(len(train_split), config.batch_size, step, config.seed)
-        loss, accuracy = step_fn(model, optimizer, train_split.images[index],
+        loss, accuracy = step_fn(model, state, train_split.images[index],
                                  train_split.labels[index], jnp.asarray(step))
-        if progress and (step % 10 == 0 or step == config.steps - 1):
+        if progress and (step % 10 == 0 or step == end - 1):
             bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{float(accuracy):.3f}")
         done = step + 1
-        if manager is not None and (done % config.checkpoint_every == 0 or done == config.steps):
-            _save(manager, done, model, optimizer)
-    last = config.steps if stop_after is None else min(stop_after, config.steps)
-    if method is not None and last == config.steps:
+        if manager is not None and (done % config.checkpoint_every == 0 or done == end):
+            _save(manager, done, model, state, config.optimizer)
+    last = end if stop_after is None else min(stop_after, end)
+    if method is not None and last == end:
         method.update(model, last)  # the masks a next step would use: exact if steps >= end
     if manager is not None:
         manager.wait_until_finished()
         manager.close()
     return TrainResult(first, max(last - first, 0),
                        None if loss is None else float(loss),
-                       None if accuracy is None else float(np.asarray(accuracy)))
+                       None if accuracy is None else float(np.asarray(accuracy)), state)

@@ -99,6 +99,9 @@ class ResNet(nnx.Module):
       in_channels: channels of the input image (3 for RGB, 1 for Fashion-MNIST).
       stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max-pool) or ``"small"`` (3x3/1 conv).
       width: channels of the stem and the first stage (64 in the standard nets).
+      zero_init_residual: start every block's last BatchNorm scale at 0, so
+        that each residual block begins as the identity (Goyal et al. 2017);
+        trains faster in short schedules. The parameters are the same.
 
     Input ``f32[B, H, W, in_channels]``; output ``f32[B, ceil(classes/N)*N]``.
     """
@@ -106,7 +109,7 @@ class ResNet(nnx.Module):
     def __init__(self, block: type, stage_sizes: Sequence[int], *, classes: int = 1000,
                  nodes: int = 1, in_channels: int = 3,
                  stem: Literal["imagenet", "small"] = "imagenet", width: int = 64,
-                 rngs: nnx.Rngs):
+                 zero_init_residual: bool = False, rngs: nnx.Rngs):
         if stem not in ("imagenet", "small"):
             raise ConfigError(f"ResNet stem must be 'imagenet' or 'small', got {stem!r}")
         if width % nodes:
@@ -127,6 +130,10 @@ class ResNet(nnx.Module):
                 blocks.append(block(c_in, width * 2**stage, stride, nodes=nodes, rngs=rngs))
                 c_in = width * 2**stage * block.expansion
         self.blocks = nnx.List(blocks)
+        if zero_init_residual:
+            for made in blocks:
+                last = made.bn3 if isinstance(made, Bottleneck) else made.bn2
+                last.scale[...] = jnp.zeros_like(last.scale[...])
         padded = -(-classes // nodes) * nodes
         self.head = DiscoDense(c_in, padded, nodes=nodes, name="head", rngs=rngs)
 
