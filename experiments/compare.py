@@ -29,6 +29,10 @@ import numpy as np
 VARIANTS = ("learned", "random", "no_comm", "dense_split")
 """The variants, in report order."""
 
+RECIPE = dict(optimizer="adamw", learning_rate=2e-3, warmup_steps=30, weight_decay=1e-4)
+"""The optimiser settings of the ResNet-50 job's one continuing run (AdamW,
+peak learning rate, linear warmup, then cosine decay to 0 over the run)."""
+
 QUALITY_KEYS = {"learned": "disco", "random": "random_mask", "no_comm": "no_comm",
                 "dense_split": "dense_split"}
 """The variants' keys in the report schema (DESIGN.md section 8)."""
@@ -102,6 +106,27 @@ def run_config(schedule: Schedule, steps: int, seed: int):
                        warmup_steps=min(schedule.warmup_steps, steps // 2),
                        optimizer=schedule.optimizer, weight_decay=schedule.weight_decay,
                        seed=seed, checkpoint_every=max(steps, 1))
+
+
+def train_dense(dense, train_split, classes: int, schedule: Schedule, steps: int, seed: int,
+                *, checkpoint_dir: Path | None = None, description: str = "dense"):
+    """Trains ``dense`` with every channel read for the first ``steps`` steps of
+    the run its variants go on with (``run_config(schedule, steps +
+    schedule.steps, seed)``), checkpointing into ``checkpoint_dir`` four times
+    (a run started again resumes there).
+
+    Returns:
+      the run's :class:`flax.nnx.Optimizer` at step ``steps``, for
+      :func:`train_variant` (``optimizer=``).
+    """
+    from disco_jax import sparsify
+    from disco_jax.train import train
+
+    sparsify.FixedMask("dense_split").update(dense, 0)
+    config = run_config(schedule, steps + schedule.steps, seed)
+    config = dataclasses.replace(config, checkpoint_every=max(steps // 4, 1))
+    return train(dense, train_split, classes, config, until=steps,
+                 checkpoint_dir=checkpoint_dir, description=description).optimizer
 
 
 def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, seed: int,

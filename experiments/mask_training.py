@@ -11,6 +11,13 @@ fine-tuning, as mean and std over seeds. The report follows DESIGN.md section
 is the dense split's (the same network with every channel read, computed on
 one device or split: the same function).
 
+Unlike the ResNet-50 job, the variants here are two fresh phases (SGD, each
+with its own cosine schedule), not a continuation of the dense run: on this
+narrow ResNet-18 the continuing run left every pruned variant lower
+(2026-11-29, seed 0, learned after fine-tuning: AdamW 88.75 / 87.79, SGD
+87.68 / 86.84 at N = 2 / 4, against 89.54 / 88.94 for seed 0 here) and learned masks no
+better than random ones (AdamW at N = 2: 88.75 vs 89.00).
+
     python -m experiments.mask_training --mesh 2 --seeds 0,1,2 --report reports/masks_n2.json
     python -m experiments.mask_training --quick      # a few steps, for smoke tests
 """

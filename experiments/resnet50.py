@@ -34,25 +34,25 @@ with the same settings resumes where it stopped.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
-_RECIPE = dict(optimizer="adamw", learning_rate=2e-3, warmup_steps=30, weight_decay=1e-4)
+from experiments.compare import RECIPE
+
 PRESETS = {
     # fits 20 minutes on the 2-core CPU machine; every variant sees the same steps
     "default": dict(image_size=28, width=64, pretrain_steps=120, prune_steps=60,
                     finetune_steps=90, batch_size=64, test_images=10000, eval_images=2000,
-                    **_RECIPE),
+                    **RECIPE),
     # a real schedule, for accelerators or patience
     "full": dict(image_size=32, width=64, pretrain_steps=4000, prune_steps=1000,
                  finetune_steps=1000, batch_size=128, test_images=10000, eval_images=10000,
-                 **_RECIPE | {"warmup_steps": 300}),
+                 **RECIPE | {"warmup_steps": 300}),
     # the same pipeline in a few steps of a narrow net: smoke tests and CI
     "quick": dict(image_size=28, width=8, pretrain_steps=3, prune_steps=3, finetune_steps=2,
-                  batch_size=16, test_images=128, eval_images=128, **_RECIPE),
+                  batch_size=16, test_images=128, eval_images=128, **RECIPE),
 }
 SETTINGS = tuple(PRESETS["default"])
 
@@ -117,6 +117,19 @@ def _settings(args) -> dict:
             **{name: getattr(args, name) for name in SETTINGS}}
 
 
+def build_model(settings: dict, dataset):
+    """The (untrained) network a run with ``settings`` (its ``settings.json``)
+    trains, for ``dataset``'s images and classes."""
+    from flax import nnx
+
+    from disco_jax.models import NETWORKS
+
+    return NETWORKS[settings["model"]](classes=dataset.classes, nodes=settings["nodes"],
+                                       in_channels=dataset.image_shape[-1],
+                                       stem=settings["stem"], width=settings["width"],
+                                       zero_init_residual=True, rngs=nnx.Rngs(settings["seed"]))
+
+
 def _claim_out_dir(args) -> None:
     from disco_jax.errors import ConfigError
 
@@ -137,19 +150,17 @@ def _claim_out_dir(args) -> None:
 
 def run(args) -> dict:
     import jax
-    from flax import nnx
 
     import disco_jax as dj
     from disco_jax import data, sparsify
-    from disco_jax.models import NETWORKS
-    from disco_jax.train import evaluate, restore_run, train
+    from disco_jax.train import evaluate, restore_run
     from experiments.compare import (
         QUALITY_KEYS,
         VARIANTS,
         Schedule,
         comm_ratio_of,
         plan_and_budget_bytes,
-        run_config,
+        train_dense,
         train_variant,
     )
 
@@ -159,10 +170,7 @@ def run(args) -> dict:
                       dataset.test.labels[:args.test_images])
     held_out = data.Split(test.images[:args.eval_images], test.labels[:args.eval_images])
     classes, image = dataset.classes, (1, *dataset.image_shape)
-    dense = NETWORKS[args.model](classes=classes, nodes=args.mesh,
-                                 in_channels=dataset.image_shape[-1], stem=args.stem,
-                                 width=args.width, zero_init_residual=True,
-                                 rngs=nnx.Rngs(args.seed))
+    dense = build_model(_settings(args), dataset)
     mesh = dj.make_mesh(args.mesh)  # too few devices: say so before any training
 
     # 1. the dense model: the first steps of one run that each variant goes on with
@@ -170,19 +178,15 @@ def run(args) -> dict:
                         learning_rate=args.learning_rate, lasso=args.lasso,
                         optimizer=args.optimizer, warmup_steps=args.warmup_steps,
                         weight_decay=args.weight_decay)
-    sparsify.FixedMask("dense_split").update(dense, 0)
     if args.init is not None:
+        sparsify.FixedMask("dense_split").update(dense, 0)
         init_step, optimizer = restore_run(dense, args.init, optimizer=args.optimizer)
     _claim_out_dir(args)  # only now: a refused run leaves no folder behind
     if args.init is not None:
         pretrain_steps = None
     else:
-        config = run_config(schedule, args.pretrain_steps + schedule.steps, args.seed)
-        optimizer = train(dense, dataset.train, classes,
-                          dataclasses.replace(config,
-                                              checkpoint_every=max(args.pretrain_steps // 4, 1)),
-                          until=args.pretrain_steps, checkpoint_dir=args.out / "dense",
-                          description="dense").optimizer
+        optimizer = train_dense(dense, dataset.train, classes, schedule, args.pretrain_steps,
+                                args.seed, checkpoint_dir=args.out / "dense")
         init_step, pretrain_steps = None, args.pretrain_steps
     timings["dense"] = time.time() - started
 
@@ -252,7 +256,7 @@ def run(args) -> dict:
             "init_step": init_step, "prune": schedule.prune_steps,
             "finetune": schedule.finetune_steps, "batch_size": args.batch_size,
             "total": steps, "images": steps * args.batch_size},
-        "recipe": {name: getattr(args, name) for name in _RECIPE} | {"lasso": args.lasso,
+        "recipe": {name: getattr(args, name) for name in RECIPE} | {"lasso": args.lasso,
                                                                      "zero_init_residual": True},
         "comm_bytes_per_sample": {"dense_split": totals["dense_split"].comm_bytes,
                                   "disco": totals["disco"].comm_bytes,

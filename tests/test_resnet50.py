@@ -158,3 +158,40 @@ def test_bad_arguments_are_refused_before_any_work(argv, message, capsys):
     with pytest.raises(SystemExit):
         resnet50.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_one_process_per_node_gives_the_emulated_mesh_predictions(quick_run, tmp_path):
+    """The saved DISCO checkpoint, run by two processes over jax's runtime (gloo),
+    against the same checkpoint on a mesh of two emulated devices."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from experiments import infer
+
+    _, _, folder = quick_run
+    run = str(folder / "run")
+    assert infer.main(["--run", run, "--images", "300", "--batch", "128",
+                       "--predictions", str(tmp_path / "mesh.npz")]) == 0
+    repo = Path(__file__).resolve().parents[1]
+    launched = subprocess.run(
+        [sys.executable, "-m", "disco_jax.launch", "--nodes", "2", "--", "experiments.infer",
+         "--run", run, "--images", "300", "--batch", "128",
+         "--predictions", str(tmp_path / "processes.npz")],
+        cwd=repo, capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stdout[-3000:]
+    assert "[node 0] learned of" in launched.stdout and "on 2 processes" in launched.stdout
+    mesh, processes = np.load(tmp_path / "mesh.npz"), np.load(tmp_path / "processes.npz")
+    assert np.array_equal(mesh["labels"], processes["labels"])
+    assert len(processes["logits"]) == 300  # three batches, the last one padded
+    assert np.array_equal(mesh["logits"].argmax(-1), processes["logits"].argmax(-1))
+    np.testing.assert_allclose(processes["logits"], mesh["logits"],
+                               atol=1e-5 * np.abs(mesh["logits"]).max())
+
+
+def test_infer_names_a_folder_that_holds_no_run(tmp_path, capsys):
+    from experiments import infer
+
+    assert infer.main(["--run", str(tmp_path)]) == 2
+    assert "holds no finished run" in capsys.readouterr().err

@@ -17,6 +17,9 @@ subset of its channels. The public API is what this file re-exports:
   and :func:`to_inference` (a whole model), :func:`node_forward`
 - accounting: :func:`layer_costs`, :func:`model_costs`, :func:`hlo_permute_bytes`,
   :func:`hlo_flops`
+- one process per node: :mod:`disco_jax.launch` (``python -m disco_jax.launch``),
+  :mod:`disco_jax.linkcheck`; :func:`disco_jax.mesh.fetch` gathers an output
+  that is spread over processes
 """
 
 from disco_jax.accounting import (

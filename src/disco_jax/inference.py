@@ -141,7 +141,9 @@ class DistributedModel:
         classifier padded to a multiple of N; ``model.num_classes``).
 
     The network input is given to every node (replicated); the output comes
-    back as one global array.
+    back as one global array. With one process per node
+    (:mod:`disco_jax.launch`) every process makes the same calls, and
+    :func:`disco_jax.mesh.fetch` gathers the output on the host.
     """
 
     def __init__(self, model: nnx.Module, mesh: Mesh, plan: Plan | None = None, *,

@@ -43,12 +43,13 @@ def ensure_host_devices(n: int) -> None:
     ``XLA_FLAGS`` and sets ``jax_num_cpu_devices`` to match. Once a
     computation has run the device count is fixed: this does nothing, and
     :func:`make_mesh` says what is missing. Entry points call it first thing so
-    that ``--mesh N`` works on a machine with one CPU.
+    that ``--mesh N`` works on a machine with one CPU. In a run of one
+    process per node (:mod:`disco_jax.launch`) it does nothing.
     """
     from jax._src import xla_bridge  # no public API tells whether backends exist
 
-    if xla_bridge.backends_are_initialized():
-        return
+    if xla_bridge.backends_are_initialized() or jax.distributed.is_initialized():
+        return  # fixed already, or one process per node (disco_jax.launch)
     flags = os.environ.get("XLA_FLAGS", "")
     match = re.search(rf"{_COUNT_FLAG}=(\d+)", flags)
     if match:
@@ -93,16 +94,38 @@ def node_spec() -> PartitionSpec:
     return PartitionSpec(AXIS)
 
 
+def place(x, sharding: NamedSharding) -> jax.Array:
+    """Places the host value ``x`` (the same in every process) with ``sharding``.
+
+    One process: ``jax.device_put``. One process per node: each process puts
+    only its own devices' pieces.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def fetch(x: jax.Array) -> np.ndarray:
+    """The whole value of ``x`` on the host, gathered from every process if it is spread."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def shard_channels(x: jax.Array, mesh: Mesh) -> jax.Array:
     """Places ``x`` on ``mesh`` with its last axis split over the nodes."""
-    return jax.device_put(x, NamedSharding(mesh, channel_spec(np.ndim(x))))
+    return place(x, NamedSharding(mesh, channel_spec(np.ndim(x))))
 
 
 def shard_nodes(x, mesh: Mesh):
     """Places per-node arrays (a pytree, leading axis N) so that node n holds row n only."""
-    return jax.device_put(x, NamedSharding(mesh, node_spec()))
+    sharding = NamedSharding(mesh, node_spec())
+    return jax.tree.map(lambda leaf: place(leaf, sharding), x)
 
 
 def replicate(x: jax.Array, mesh: Mesh) -> jax.Array:
     """Places ``x`` whole on every node (the network input)."""
-    return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
+    return place(x, NamedSharding(mesh, PartitionSpec()))

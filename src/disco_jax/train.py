@@ -157,10 +157,12 @@ def _meta(manager, step: int) -> dict:
 
 
 def _restore(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer, kind: str,
-             directory):
+             directory, meta: dict | None = None):
+    """Loads checkpoint ``step`` into ``model`` and ``optimizer`` after checking
+    its ``meta`` (read from the checkpoint unless given)."""
     import orbax.checkpoint as ocp
 
-    meta = _meta(manager, step)
+    meta = _meta(manager, step) if meta is None else meta
     if meta.get("optimizer", "sgd") != kind:
         raise CheckpointError(
             f"the checkpoint in {directory} (step {step}) was trained with the "
@@ -220,10 +222,11 @@ def restore_run(model: nnx.Module, checkpoint_dir: str | os.PathLike, *,
             raise CheckpointError(f"{directory} holds no finished checkpoint; give the folder "
                                   "a training run saved to")
         # the optimiser's state has the same structure whatever its settings but its kind
-        saved = _meta(manager, step).get("optimizer", "sgd")
+        meta = _meta(manager, step)
+        saved = meta.get("optimizer", "sgd")
         state = nnx.Optimizer(model, make_optimizer(TrainConfig(steps=1, optimizer=saved)),
                               wrt=nnx.Param)
-        _restore(manager, step, model, state, optimizer or saved, directory)
+        _restore(manager, step, model, state, optimizer or saved, directory, meta)
     finally:
         manager.close()
     return step, state

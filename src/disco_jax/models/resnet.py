@@ -65,6 +65,10 @@ class BasicBlock(_Residual):
         y = nnx.relu(self.bn1(self.conv1(x)))
         return self._join(x, self.bn2(self.conv2(y)))
 
+    def last_norm(self) -> nnx.BatchNorm:
+        """The BatchNorm on the residual branch's output."""
+        return self.bn2
+
 
 class Bottleneck(_Residual):
     """1x1 -> 3x3 (carries the stride, v1.5) -> 1x1 x4 (ResNet-50/101/152)."""
@@ -86,6 +90,10 @@ class Bottleneck(_Residual):
         y = nnx.relu(self.bn1(self.conv1(x)))
         y = nnx.relu(self.bn2(self.conv2(y)))
         return self._join(x, self.bn3(self.conv3(y)))
+
+    def last_norm(self) -> nnx.BatchNorm:
+        """The BatchNorm on the residual branch's output."""
+        return self.bn3
 
 
 class ResNet(nnx.Module):
@@ -132,7 +140,7 @@ class ResNet(nnx.Module):
         self.blocks = nnx.List(blocks)
         if zero_init_residual:
             for made in blocks:
-                last = made.bn3 if isinstance(made, Bottleneck) else made.bn2
+                last = made.last_norm()
                 last.scale[...] = jnp.zeros_like(last.scale[...])
         padded = -(-classes // nodes) * nodes
         self.head = DiscoDense(c_in, padded, nodes=nodes, name="head", rngs=rngs)

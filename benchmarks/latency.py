@@ -1,0 +1,176 @@
+"""One node's side of the network benchmark: inference latency per link rate.
+
+Run by :mod:`benchmarks.network` through the launcher, one process per node:
+
+    python -m disco_jax.launch --nodes 2 --cpus 0,1 -- benchmarks.latency \\
+        --model resnet50 --batches 1,8 --rates unlimited --out /tmp/latency.json
+
+Every node builds the same network (random weights: latency does not depend on
+what the weights learned) in two forms, the dense split (every channel
+travels) and DISCO (random exact masks at ``--comm-ratio``), compiles both as
+:class:`disco_jax.DistributedModel` programs for each batch size, and times
+them: one warm-up run, then ``--repeats`` timed runs, wall time on node 0
+from the call to the output being ready. Node 0 also times the single-node
+baseline (the whole network on its own device and core) and, at each rate, a
+4-byte exchange (per-message latency) and a 1 MB exchange (bandwidth).
+With ``--shape-link``, node 0 sets the rate of the loopback it shares with
+the other nodes (``tc``) before each rate's runs: the nodes must run in a
+network namespace of their own (:mod:`benchmarks.network` makes one).
+Node 0 writes the timings to ``--out`` (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.latency",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--comm-ratio", type=float, default=0.2)
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--rates", default="unlimited",
+                        help="tc rates (100mbit, 1gbit, ...) or unlimited, comma-separated")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--shape-link", action="store_true",
+                        help="node 0 sets each rate on the loopback with tc (needs root, "
+                             "inside a network namespace)")
+    parser.add_argument("--mesh", type=int, default=2, help="emulated nodes in one process")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    args.batches = [int(b) for b in args.batches.split(",")]
+    args.rates = args.rates.split(",")
+    return args
+
+
+def rate_bits(rate: str) -> float | None:
+    """Bits per second of a tc rate such as ``100mbit`` (None for ``unlimited``)."""
+    if rate == "unlimited":
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(k|m|g)?bit", rate)
+    if not match:
+        raise ValueError(f"a link rate is like 100mbit, 1gbit or unlimited, got {rate!r}")
+    return float(match.group(1)) * {None: 1, "k": 1e3, "m": 1e6, "g": 1e9}[match.group(2)]
+
+
+def shape_loopback(rate: str) -> None:
+    """Sets the loopback of this network namespace to ``rate`` (a tbf qdisc, MTU 1500)."""
+    subprocess.run(["ip", "link", "set", "lo", "mtu", "1500", "up"], check=True)
+    subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], capture_output=True)
+    bits = rate_bits(rate)
+    if bits is not None:
+        burst = max(64 * 1024, int(bits / 8 / 250))  # >= one timer tick of data at 250 Hz
+        subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", rate,
+                        "burst", str(burst), "latency", "100ms"], check=True)
+
+
+def _timed(fn, repeats: int) -> dict:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - begin))
+    ordered = sorted(times)
+    return {"median_ms": ordered[len(ordered) // 2] if len(ordered) % 2
+            else (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2,
+            "min_ms": ordered[0], "max_ms": ordered[-1], "times_ms": times}
+
+
+def run(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    import disco_jax as dj
+    from disco_jax import linkcheck
+    from disco_jax.models import NETWORKS
+
+    nodes = jax.device_count() if jax.process_count() > 1 else args.mesh
+    mesh = dj.make_mesh(nodes)
+    lead = jax.process_index() == 0
+    shape = (args.image_size, args.image_size, 3)
+    model = NETWORKS[args.model](classes=args.classes, nodes=nodes, in_channels=3,
+                                 stem="imagenet", rngs=nnx.Rngs(0))
+    for layer in dj.disco_layers(model).values():
+        if layer.spec.split_input:
+            layer.mask[...] = dj.dense_mask(layer.spec.nodes, layer.spec.group_in)
+    model.eval()
+    disco = nnx.clone(model)
+    dj.set_random_masks(disco, jax.random.key(1), args.comm_ratio)
+    programs, costs = {}, {}
+    for variant, form in (("dense_split", model), ("disco", disco)):
+        plan = dj.compile_plan(form)
+        distributed = dj.DistributedModel(form, mesh, plan, output_channels=args.classes)
+        costs[variant] = dj.model_costs(form, (1, *shape), plan).totals[variant]
+        for batch in args.batches:
+            x = jnp.zeros((batch, *shape), jnp.float32)
+            compiled = distributed.compile(x)
+            inputs = distributed.inputs(x)
+            hlo = compiled.as_text()
+            programs[variant, batch] = (compiled, inputs, {
+                "messages": len(re.findall(r"collective-permute(?:-start)?\(", hlo)),
+                "hlo_bytes": dj.hlo_permute_bytes(hlo)})
+    single = {}
+    if lead:  # the whole network on this node's device and core
+        forward = nnx.jit(lambda m, x: m(x))
+        for batch in args.batches:
+            x = jax.device_put(jnp.zeros((batch, *shape), jnp.float32), jax.local_devices()[0])
+            single[batch] = _timed(lambda x=x: forward(model, x).block_until_ready(),
+                                   args.repeats)
+    links = []
+    for rate in args.rates:
+        if args.shape_link and lead:
+            shape_loopback(rate)
+        # every node meets here before timing (a collective), after node 0 set the rate
+        small = linkcheck.measure(mesh, 4, 20)
+        large = linkcheck.measure(mesh, 1 << 20, 5)
+        entry = {"rate": rate, "per_message_ms": 1e3 * float(np.median(small)),
+                 "exchange_1mb_ms": 1e3 * float(np.median(large)), "results": {}}
+        for (variant, batch), (compiled, inputs, _) in programs.items():
+            entry["results"][f"{variant}/{batch}"] = _timed(
+                lambda c=compiled, i=inputs: jax.block_until_ready(c(*i)), args.repeats)
+        links.append(entry)
+        if lead:
+            print(f"rate {rate}: " + ", ".join(f"{k} {v['median_ms']:.1f} ms"
+                                               for k, v in entry["results"].items()), flush=True)
+    if args.shape_link and lead:
+        shape_loopback("unlimited")
+    return {
+        "model": args.model, "nodes": nodes, "processes": jax.process_count(),
+        "input_shape": list(shape), "classes": args.classes, "comm_ratio": args.comm_ratio,
+        "batches": args.batches, "repeats": args.repeats,
+        "comm_bytes_per_image": {v: c.comm_bytes for v, c in costs.items()},
+        "flops_per_node_per_image": {v: c.flops for v, c in costs.items()},
+        "programs": {f"{v}/{b}": info for (v, b), (_, _, info) in programs.items()},
+        "single": {str(b): t for b, t in single.items()},
+        "links": links, "jax": jax.__version__, "platform": jax.devices()[0].platform,
+    }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import jax
+
+    import disco_jax as dj
+
+    dj.ensure_host_devices(args.mesh)
+    report = run(args)
+    if jax.process_index() == 0:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

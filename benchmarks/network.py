@@ -1,0 +1,266 @@
+"""Inference latency over real, rate-limited links: single node, dense split, DISCO.
+
+    python -m benchmarks.network                      # ResNet-50 and -18, batch 1 and 8, 224 px
+    python -m benchmarks.network --quick              # ResNet-18, batch 1: under 5 minutes
+    python -m benchmarks.network --rates 100mbit --batches 1 --models resnet50
+
+Two nodes, one OS process each (:mod:`disco_jax.launch`, jax's runtime, CPU
+collectives over gloo), each pinned to its own core (``taskset``); the
+single-node baseline runs on one core too. The links are real TCP: both node
+processes run in a network namespace this benchmark creates, whose loopback
+has MTU 1500 and a ``tc`` tbf qdisc at each rate. Link model: the loopback
+is one queue, so the rate is shared by both directions (a half-duplex link:
+when both nodes send B bytes at once, 2B bytes pass through the rate); the
+bytes the plans count (every node's sends) are what crosses it. Making the
+namespace needs root; without it the benchmark says so and runs only the
+unlimited case on 127.0.0.1. The namespace is removed at the end, also when
+the run is interrupted.
+
+Latency does not depend on what the weights learned: the networks have random
+weights, DISCO random exact masks at ``--comm-ratio`` (0.2), at the paper's
+224 px input. The report (``--report``, JSON) has, per model and batch, the
+median latency over ``--repeats`` runs, the min-max spread, the speedups, and
+where the time goes (compute = the unlimited link, transfer = bytes / rate,
+per-message latency x messages); ``--plot`` draws latency against bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.latency import rate_bits
+
+RATES = ("100mbit", "1gbit", "unlimited")
+LINK_MODEL = ("one network namespace; its loopback (MTU 1500) behind a tc tbf qdisc at the "
+              "rate, shared by both directions (half-duplex)")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.network",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="resnet50,resnet18")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--rates", default=",".join(RATES))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--comm-ratio", type=float, default=0.2)
+    parser.add_argument("--cpus", default="0,1", help="the two nodes' cores (default 0,1)")
+    parser.add_argument("--quick", action="store_true",
+                        help="ResNet-18, batch 1, 3 repeats: under 5 minutes")
+    parser.add_argument("--report", type=Path, default=Path("reports/network.json"))
+    parser.add_argument("--plot", type=Path, help="PNG (default: the report's name, .png)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.batches, args.repeats = "resnet18", "1", 3
+    args.models = args.models.split(",")
+    args.batches = [int(b) for b in args.batches.split(",")]
+    args.rates = args.rates.split(",")
+    for rate in args.rates:
+        try:
+            rate_bits(rate)
+        except ValueError as err:
+            parser.error(str(err))
+    args.cpus = [int(c) for c in args.cpus.split(",")]
+    if len(args.cpus) != 2:
+        parser.error(f"--cpus takes the two nodes' cores, got {args.cpus}")
+    if not 0.0 <= args.comm_ratio <= 1.0:
+        parser.error(f"--comm-ratio must be in [0, 1], got {args.comm_ratio}")
+    args.plot = args.plot or args.report.with_suffix(".png")
+    return args
+
+
+def can_shape_links() -> str | None:
+    """None if this process can make network namespaces and tc qdiscs, else why not."""
+    if os.geteuid() != 0:
+        return "not root"
+    missing = [tool for tool in ("ip", "tc") if shutil.which(tool) is None]
+    if missing:
+        return f"{' and '.join(missing)} not found (apt-get install iproute2)"
+    probe = f"disco-probe-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:  # a container without the right to make namespaces
+        return f"cannot make a network namespace: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+class Namespace:
+    """A network namespace for the nodes, removed on exit (also on SIGTERM/Ctrl-C)."""
+
+    def __init__(self):
+        self.name = f"disco-bench-{os.getpid()}"
+
+    def __enter__(self):
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "mtu", "1500", "up"],
+                       check=True)
+        self._previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+        signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+    @property
+    def prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.name]
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def measure(model: str, args, rates: list[str], namespace: Namespace | None) -> dict:
+    """Runs :mod:`benchmarks.latency` on two launched nodes; returns node 0's timings."""
+    from disco_jax.launch import launch_local
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "latency.json"
+        argv = ["--model", model, "--image-size", str(args.image_size),
+                "--comm-ratio", str(args.comm_ratio),
+                "--batches", ",".join(map(str, args.batches)), "--rates", ",".join(rates),
+                "--repeats", str(args.repeats), "--out", str(out)]
+        if namespace is not None:
+            argv.append("--shape-link")
+        launch_local(2, "benchmarks.latency", argv, cpus=args.cpus,
+                     prefix=None if namespace is None else namespace.prefix,
+                     heartbeat_timeout=120)  # a slow link delays heartbeats
+        return json.loads(out.read_text())
+
+
+def summarize(timings: dict) -> list[dict]:
+    """The report's entries, one per batch size (the issue's schema, plus where
+    the time goes)."""
+    runs = []
+    unlimited = next((link for link in timings["links"] if link["rate"] == "unlimited"), None)
+    for batch in timings["batches"]:
+        single = timings["single"][str(batch)]
+        links = []
+        for link in timings["links"]:
+            result = {v: link["results"][f"{v}/{batch}"] for v in ("dense_split", "disco")}
+            bits = rate_bits(link["rate"])
+            entry = {
+                "rate": link["rate"], "single_ms": single["median_ms"],
+                "dense_split_ms": result["dense_split"]["median_ms"],
+                "disco_ms": result["disco"]["median_ms"],
+                "spread_ms": {"single": [single["min_ms"], single["max_ms"]],
+                              **{v: [r["min_ms"], r["max_ms"]] for v, r in result.items()}},
+                "speedup_vs_dense_split": (result["dense_split"]["median_ms"]
+                                           / result["disco"]["median_ms"]),
+                "speedup_vs_single": single["median_ms"] / result["disco"]["median_ms"],
+                "per_message_ms": link["per_message_ms"],
+                "exchange_1mb_ms": link["exchange_1mb_ms"],
+            }
+            breakdown = {}
+            for variant in ("dense_split", "disco"):
+                program = timings["programs"][f"{variant}/{batch}"]
+                breakdown[variant] = {
+                    "compute_ms": (None if unlimited is None else
+                                   unlimited["results"][f"{variant}/{batch}"]["median_ms"]),
+                    "transfer_ms": (None if bits is None else
+                                    1e3 * 8 * program["hlo_bytes"] / bits),
+                    "messages": program["messages"],
+                    "per_message_total_ms": program["messages"] * link["per_message_ms"],
+                }
+            entry["where_the_time_goes"] = breakdown
+            links.append(entry)
+        runs.append({
+            "model": timings["model"], "nodes": timings["nodes"], "batch": batch,
+            "input_shape": timings["input_shape"], "comm_ratio": timings["comm_ratio"],
+            "comm_bytes_per_image": timings["comm_bytes_per_image"],
+            "flops_per_node_per_image": timings["flops_per_node_per_image"],
+            "links": links})
+    return runs
+
+
+def format_table(runs: list[dict]) -> str:
+    rows = [f"{'model':9} {'batch':>5} {'link':>10} {'single ms':>10} {'dense split':>12} "
+            f"{'DISCO ms':>10} {'vs dense split':>15} {'vs single':>10}"]
+    for run in runs:
+        for link in run["links"]:
+            rows.append(f"{run['model']:9} {run['batch']:>5} {link['rate']:>10} "
+                        f"{link['single_ms']:>10.1f} {link['dense_split_ms']:>12.1f} "
+                        f"{link['disco_ms']:>10.1f} {link['speedup_vs_dense_split']:>14.2f}x "
+                        f"{link['speedup_vs_single']:>9.2f}x")
+    return "\n".join(rows)
+
+
+def plot(runs: list[dict], path: Path) -> Path:
+    """Latency against link rate, one panel per model and batch."""
+    from experiments.plots import _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.4), squeeze=False,
+                             layout="constrained")
+    for ax, run in zip(axes[0], runs, strict=True):
+        links = run["links"]
+        names = [link["rate"] for link in links]
+        for key, label in (("single_ms", "single node"), ("dense_split_ms", "dense split"),
+                           ("disco_ms", f"DISCO (comm ratio {run['comm_ratio']:g})")):
+            ax.plot(names, [link[key] for link in links], marker="o", label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("link")
+        ax.set_ylabel("latency (ms, median)")
+        ax.set_title(f"{run['model']}, batch {run['batch']}, {run['nodes']} nodes")
+        ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from disco_jax.launch import NodeFailure
+
+    why_not = can_shape_links()
+    rates = args.rates
+    if why_not is not None:
+        print(f"cannot make a rate-limited link ({why_not}): running only the unlimited case "
+              "on 127.0.0.1", flush=True)
+        rates = ["unlimited"]
+    elif "unlimited" not in rates:
+        rates = [*rates, "unlimited"]  # the compute time that the breakdown needs
+    started, runs = time.time(), []
+    try:
+        with Namespace() if why_not is None else contextlib.nullcontext() as namespace:
+            for model in args.models:
+                print(f"{model}: 2 nodes on cores {args.cpus}, links {rates}", flush=True)
+                runs += summarize(measure(model, args, rates, namespace))
+    except NodeFailure as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; the network namespace was removed", file=sys.stderr)
+        return 130
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "command": "python -m benchmarks.network " + " ".join(sys.argv[1:] if argv is None
+                                                               else argv),
+        "link_model": LINK_MODEL if why_not is None else f"127.0.0.1, no limit ({why_not})",
+        "cpus": {"nodes": args.cpus, "single": args.cpus[0]}, "repeats": args.repeats,
+        "runs": runs, "seconds": round(time.time() - started, 1),
+    }
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.report.with_name(args.report.name + ".partial")
+    partial.write_text(json.dumps(report, indent=1))
+    partial.replace(args.report)
+    print(format_table(runs))
+    print(f"report written to {args.report}, plot to {plot(runs, args.plot)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Distributed inference of a saved run: on an emulated mesh, or one process per node.
+
+    python -m experiments.infer --run runs/resnet50-n2 --predictions mesh.npz
+    python -m disco_jax.launch --nodes 2 -- experiments.infer --run runs/resnet50-n2 \\
+        --predictions processes.npz
+
+``--run`` is the ``--out`` folder of ``python -m experiments.resnet50``: its
+``settings.json`` rebuilds the network, ``learned/finetune`` holds the DISCO
+checkpoint and ``plan/`` the frozen plan. The model runs as
+:class:`disco_jax.DistributedModel` (``jit(shard_map(...))``) over the first
+``--images`` test images. In one process the mesh is N emulated devices; under
+:mod:`disco_jax.launch` it is one device per process and jax's runtime
+carries the planned channels between the processes. Node 0 prints the top-1
+and writes the logits (``--predictions``, .npz), so that two runs can be
+compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from experiments.compare import VARIANTS
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m experiments.infer",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, required=True,
+                        help="the --out folder of a python -m experiments.resnet50 run")
+    parser.add_argument("--variant", choices=VARIANTS, default="learned",
+                        help="which trained variant (default learned = DISCO)")
+    parser.add_argument("--images", type=int, default=10000, help="test images (default all)")
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--predictions", type=Path,
+                        help="write logits and labels here (.npz), from node 0")
+    args = parser.parse_args(argv)
+    if args.images < 1 or args.batch < 1:
+        parser.error("--images and --batch must be positive")
+    return args
+
+
+def load_run(run: Path, variant: str = "learned"):
+    """The trained ``variant`` of the run in folder ``run``, its plan and its dataset.
+
+    Raises:
+      ConfigError: ``run`` is not a finished run folder.
+    """
+    import disco_jax as dj
+    from disco_jax import data
+    from disco_jax.train import restore_model
+    from experiments.resnet50 import build_model
+
+    record, checkpoint = run / "settings.json", run / variant / "finetune"
+    if not record.is_file() or not checkpoint.is_dir():
+        raise dj.ConfigError(
+            f"{run} holds no finished run ({record if not record.is_file() else checkpoint} is "
+            f"missing); make one with python -m experiments.resnet50 --out {run}")
+    settings = json.loads(record.read_text())
+    dataset = data.load(settings["dataset"], image_size=settings["image_size"])
+    model = build_model(settings, dataset)
+    restore_model(model, checkpoint)
+    plan_dir = run / "plan"
+    plan = (dj.load_plan(plan_dir, model) if variant == "learned" and plan_dir.is_dir()
+            else dj.compile_plan(model))
+    return model, plan, dataset, settings
+
+
+def predict(distributed, images, batch: int):
+    """Logits of ``images`` (host array) from a :class:`DistributedModel`, in
+    batches of ``batch`` (one compiled program; the last batch padded)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from disco_jax.mesh import fetch
+
+    batch = min(batch, len(images))
+    compiled = distributed.compile(jnp.zeros((batch, *images.shape[1:]), images.dtype))
+    logits = []
+    for begin in range(0, len(images), batch):
+        chunk = images[begin:begin + batch]
+        count = len(chunk)
+        if count < batch:
+            chunk = np.concatenate([chunk, np.zeros((batch - count, *chunk.shape[1:]),
+                                                    chunk.dtype)])
+        out = distributed.outputs(compiled(*distributed.inputs(chunk)))
+        logits.append(fetch(out)[:count])
+    return np.concatenate(logits)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import jax
+    import numpy as np
+
+    import disco_jax as dj
+
+    record = args.run / "settings.json"
+    nodes = json.loads(record.read_text())["nodes"] if record.is_file() else 1
+    dj.ensure_host_devices(nodes)
+    first = jax.process_index() == 0
+    try:
+        if jax.process_count() > 1 and jax.process_count() != nodes:
+            raise dj.ConfigError(f"{args.run} was trained for {nodes} nodes, but this run has "
+                                 f"{jax.process_count()} processes; launch it with --nodes "
+                                 f"{nodes}")
+        model, plan, dataset, _ = load_run(args.run, args.variant)
+        mesh = dj.make_mesh(nodes)
+        distributed = dj.DistributedModel(model, mesh, plan, output_channels=dataset.classes)
+        test = dataset.test
+        images, labels = test.images[:args.images], test.labels[:args.images]
+        began = time.time()
+        logits = predict(distributed, images, args.batch)
+        seconds = time.time() - began
+    except dj.DiscoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if first:
+        top1 = float(np.mean(logits.argmax(-1) == labels))
+        where = (f"{nodes} processes" if jax.process_count() > 1
+                 else f"a mesh of {nodes} emulated devices")
+        print(f"{args.variant} of {args.run} on {where}: top-1 {100 * top1:.2f} over "
+              f"{len(labels)} test images ({seconds:.1f} s with compilation)", flush=True)
+        if args.predictions:
+            args.predictions.parent.mkdir(parents=True, exist_ok=True)
+            partial = args.predictions.with_name(args.predictions.name + ".partial.npz")
+            np.savez(partial, logits=logits, labels=labels)
+            partial.replace(args.predictions)
+            print(f"logits written to {args.predictions}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""The network benchmark, end to end on a tiny case (32 px ResNet-18, one repeat).
+
+Its figures mean nothing at this size; the test checks the mechanics: two
+launched node processes, the rate-limited namespace when the test runs as
+root (CI does), the report's schema, and that no namespace is left behind.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import network
+from benchmarks.latency import rate_bits
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _namespaces() -> str:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    return listed.stdout if listed.returncode == 0 else ""
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_writes_the_report_and_cleans_up(tmp_path):
+    report_path = tmp_path / "network.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.network", "--models", "resnet18", "--image-size",
+         "32", "--batches", "1", "--repeats", "1", "--rates", "100mbit", "--report",
+         str(report_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    shaped = network.can_shape_links() is None
+    (run,) = report["runs"]
+    assert run["model"] == "resnet18" and run["nodes"] == 2 and run["batch"] == 1
+    rates = [link["rate"] for link in run["links"]]
+    assert rates == (["100mbit", "unlimited"] if shaped else ["unlimited"])
+    for link in run["links"]:
+        assert link["single_ms"] > 0 and link["dense_split_ms"] > 0 and link["disco_ms"] > 0
+        assert link["speedup_vs_dense_split"] == pytest.approx(
+            link["dense_split_ms"] / link["disco_ms"])
+        assert set(link["spread_ms"]) == {"single", "dense_split", "disco"}
+        disco = link["where_the_time_goes"]["disco"]
+        assert disco["messages"] > 0
+    assert run["comm_bytes_per_image"]["disco"] < run["comm_bytes_per_image"]["dense_split"]
+    if shaped:  # 1 MB each way through one 100 Mbit/s queue: at least 160 ms
+        assert run["links"][0]["exchange_1mb_ms"] > 150 > run["links"][1]["exchange_1mb_ms"]
+    assert report_path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "disco-bench" not in _namespaces()
+
+
+def test_link_rates_are_read_as_tc_writes_them():
+    assert rate_bits("100mbit") == 1e8
+    assert rate_bits("1gbit") == 1e9
+    assert rate_bits("unlimited") is None
+    with pytest.raises(ValueError, match="like 100mbit"):
+        rate_bits("fast")
+
+
+def test_a_bad_rate_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        network.parse_args(["--rates", "100mb"])
+    assert "like 100mbit" in capsys.readouterr().err
