@@ -144,8 +144,13 @@ def run_node(coordinator: str, nodes: int, process_id: int, module: str, argv: l
         code = 2
     except Exception as err:  # noqa: BLE001 - anything else: say which node, then stop
         if _is_link_failure(err):
+            hint = ""
+            if "connecting" in str(err) or "failed to connect" in str(err):
+                hint = (" gloo connects to the address each machine's hostname resolves to: "
+                        "check that `getent hosts $(hostname)` gives an address the other "
+                        "nodes reach, not 127.0.x.x.")
             print(f"{label}: error: a collective with another node failed ({_first_line(err)}); "
-                  "another node has stopped or cannot be reached. Stopping.",
+                  f"another node has stopped or cannot be reached.{hint} Stopping.",
                   file=sys.stderr, flush=True)
             code = LINK_FAILURE
         else:
