@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -80,10 +81,8 @@ def _timed(fn, repeats: int) -> dict:
         begin = time.perf_counter()
         fn()
         times.append(1e3 * (time.perf_counter() - begin))
-    ordered = sorted(times)
-    return {"median_ms": ordered[len(ordered) // 2] if len(ordered) % 2
-            else (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2,
-            "min_ms": ordered[0], "max_ms": ordered[-1], "times_ms": times}
+    return {"median_ms": statistics.median(times), "min_ms": min(times),
+            "max_ms": max(times), "times_ms": times}
 
 
 def run(args) -> dict:
@@ -93,7 +92,7 @@ def run(args) -> dict:
     from flax import nnx
 
     import disco_jax as dj
-    from disco_jax import linkcheck
+    from disco_jax import linkcheck, sparsify
     from disco_jax.models import NETWORKS
 
     nodes = jax.device_count() if jax.process_count() > 1 else args.mesh
@@ -102,9 +101,7 @@ def run(args) -> dict:
     shape = (args.image_size, args.image_size, 3)
     model = NETWORKS[args.model](classes=args.classes, nodes=nodes, in_channels=3,
                                  stem="imagenet", rngs=nnx.Rngs(0))
-    for layer in dj.disco_layers(model).values():
-        if layer.spec.split_input:
-            layer.mask[...] = dj.dense_mask(layer.spec.nodes, layer.spec.group_in)
+    sparsify.FixedMask("dense_split").update(model, 0)
     model.eval()
     disco = nnx.clone(model)
     dj.set_random_masks(disco, jax.random.key(1), args.comm_ratio)

@@ -94,16 +94,21 @@ def node_spec() -> PartitionSpec:
     return PartitionSpec(AXIS)
 
 
-def place(x, sharding: NamedSharding) -> jax.Array:
-    """Places the host value ``x`` (the same in every process) with ``sharding``.
+def place(x, sharding: NamedSharding):
+    """Places the host value ``x`` (an array or a pytree of them, the same in
+    every process) with ``sharding``.
 
     One process: ``jax.device_put``. One process per node: each process puts
     only its own devices' pieces.
     """
     if jax.process_count() == 1:
         return jax.device_put(x, sharding)
-    host = np.asarray(x)
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    def put(leaf):
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, x)
 
 
 def fetch(x: jax.Array) -> np.ndarray:
@@ -122,8 +127,7 @@ def shard_channels(x: jax.Array, mesh: Mesh) -> jax.Array:
 
 def shard_nodes(x, mesh: Mesh):
     """Places per-node arrays (a pytree, leading axis N) so that node n holds row n only."""
-    sharding = NamedSharding(mesh, node_spec())
-    return jax.tree.map(lambda leaf: place(leaf, sharding), x)
+    return place(x, NamedSharding(mesh, node_spec()))
 
 
 def replicate(x: jax.Array, mesh: Mesh) -> jax.Array:
