@@ -53,6 +53,9 @@ class Schedule:
       optimizer: ``"sgd"`` or ``"adamw"`` (:class:`~disco_jax.train.TrainConfig`).
       warmup_steps: linear warmup at the start of each phase (or of the run).
       weight_decay: the optimiser's weight decay.
+      importance: how the learned and no-comm variants rank channels
+        (:data:`disco_jax.sparsify.IMPORTANCES`: ``"weight_norm"`` or
+        ``"saliency"``).
     """
 
     prune_steps: int
@@ -63,6 +66,7 @@ class Schedule:
     optimizer: str = "sgd"
     warmup_steps: int = 0
     weight_decay: float = 5e-4
+    importance: str = "weight_norm"
 
     @property
     def steps(self) -> int:
@@ -86,11 +90,11 @@ def mask_method(variant: str, comm_ratio: float, schedule: Schedule, seed: int,
                                        **options)
 
     if variant == "learned":
-        return pruning(comm_ratio, lasso=schedule.lasso)
+        return pruning(comm_ratio, lasso=schedule.lasso, importance=schedule.importance)
     if variant == "random":
         return pruning(comm_ratio, lasso=0.0, importance="random")
     if variant == "no_comm":
-        return pruning(0.0, lasso=schedule.lasso)
+        return pruning(0.0, lasso=schedule.lasso, importance=schedule.importance)
     if variant == "dense_split":
         return sparsify.FixedMask("dense_split", start=start)
     raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
@@ -199,7 +203,8 @@ def stats(values) -> dict:
 def plan_and_budget_bytes(model, image_shape, comm_ratio: float):
     """The plan compiled from ``model`` (which raises unless every pair of
     every layer sends the same k), its costs, and its bytes per image against
-    the budget's (k = rho * C_in/N).
+    the budget's (k = rho * C_in/N in every DISCO layer, plus what the masks do
+    not decide: LayerNorm statistics).
 
     Returns:
       ``(Plan, ModelCosts, {"plan": bytes, "budget": bytes, "exact": bool})``.
@@ -212,6 +217,8 @@ def plan_and_budget_bytes(model, image_shape, comm_ratio: float):
         dj.layer_costs(layer.spec, dj.k_for_ratio(comm_ratio, layer.spec.group_in),
                        costs.layers[name]["input_shape"][:-1])["disco"].comm_bytes
         for name, layer in plan.items() if layer.spec.split_input)
+    # what the masks do not decide (LayerNorm statistics) costs the same in every variant
+    budget += sum(entry["disco"].comm_bytes for entry in costs.others.values())
     return plan, costs, {"plan": costs.totals["disco"].comm_bytes, "budget": budget,
                    "exact": costs.totals["disco"].comm_bytes == budget}
 

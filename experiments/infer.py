@@ -52,7 +52,7 @@ def load_run(run: Path, variant: str = "learned"):
     import disco_jax as dj
     from disco_jax import data
     from disco_jax.train import restore_model
-    from experiments.resnet50 import build_model
+    from experiments.pipeline import build_model
 
     record, checkpoint = run / "settings.json", run / variant / "finetune"
     if not record.is_file() or not checkpoint.is_dir():

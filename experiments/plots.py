@@ -17,7 +17,8 @@ def _pyplot():
 def bytes_per_layer(report: dict, path: Path) -> Path:
     """Bar chart: bytes each layer sends per image, dense split against DISCO."""
     plt = _pyplot()
-    layers = [layer for layer in report["layers"] if layer["dense_split"]["comm_bytes"] > 0]
+    layers = [layer for layer in report["layers"] + report.get("other_parts", [])
+              if layer["dense_split"]["comm_bytes"] > 0]  # other parts: LayerNorm statistics
     x = range(len(layers))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.18 * len(layers)), 3.6), layout="constrained")
     ax.bar([i - 0.2 for i in x], [layer["dense_split"]["comm_bytes"] for layer in layers],

@@ -58,3 +58,16 @@ def test_permute_bytes_are_read_from_sync_and_async_hlo():
   %cp-done = bf16[2,5]{1,0} collective-permute-done(%cp-start)
 """
     assert hlo_permute_bytes(hlo) == 4 * 4 * 4 * 3 * 4 * 2 + 2 * 5 * 2 * 3
+
+
+def test_all_reduce_bytes_count_every_pair_in_both_group_notations():
+    from disco_jax.accounting import hlo_all_reduce_bytes, hlo_comm_bytes
+
+    listed = ("  %psum = f32[3,17,2]{2,1,0} all-reduce(%x), channel_id=1, "
+              "replica_groups={{0,1,2,3}}, use_global_device_ids=true, to_apply=%add")
+    iota = ("  %ar = (bf16[5]{0}) all-reduce-start(%y), channel_id=2, "
+            "replica_groups=[2,2]<=[4], to_apply=%add")
+    assert hlo_all_reduce_bytes(listed) == 3 * 17 * 2 * 4 * 4 * 3
+    assert hlo_all_reduce_bytes(iota) == 2 * (5 * 2 * 2 * 1)
+    assert hlo_comm_bytes(listed + "\n" + iota) == 3 * 17 * 2 * 4 * 12 + 40
+    assert dj.hlo_other_collectives(listed) == []

@@ -63,7 +63,7 @@ def conv_cases(draw):
         seed=draw(st.integers(0, 2**16)))
 
 
-@settings(max_examples=160)
+@settings(max_examples=110)
 @given(conv_cases())
 def test_conv_distributed_matches_reference_and_plan(case):
     n = case["nodes"]
@@ -87,7 +87,7 @@ def dense_cases(draw):
         seed=draw(st.integers(0, 2**16)))
 
 
-@settings(max_examples=60)
+@settings(max_examples=40)
 @given(dense_cases())
 def test_dense_distributed_matches_reference_and_plan(case):
     n = case["nodes"]

@@ -83,7 +83,7 @@ def test_runs_with_the_same_settings_compile_the_train_step_once(monkeypatch):
 
 
 @pytest.mark.parametrize("nodes,importance", [(2, "weight_norm"), (4, "weight_norm"),
-                                               (2, "random")])
+                                               (2, "saliency"), (2, "random")])
 def test_gradual_pruning_ends_with_exact_budgets_and_a_matching_plan(nodes, importance):
     model = fresh_model(nodes)
     method = sparsify.GradualPruning(comm_ratio=0.25, start=5, end=20, interval=5,
@@ -307,3 +307,31 @@ def test_an_unknown_optimiser_is_refused_before_anything_is_written(tmp_path):
 def test_comm_ratio_outside_0_1_is_refused(bad):
     with pytest.raises(dj.ConfigError, match=r"comm ratio must be a number in \[0, 1\]"):
         sparsify.GradualPruning(comm_ratio=bad, start=0, end=10)
+
+
+def test_saliency_ranks_channels_by_weight_norm_times_input_rms():
+    model = fresh_model(2)
+    images = toy_data().images[:8]
+    rms = sparsify.input_rms(model, images)
+    layers = {name: layer for name, layer in dj.disco_layers(model).items()
+              if layer.spec.split_input}
+    assert set(rms) == set(layers)
+    with dj.layers.record_inputs() as inputs:
+        model(images)
+    expected, by_norm = {}, {}
+    for name, layer in layers.items():
+        spec = layer.spec
+        assert rms[name].shape == (spec.c_in,)
+        values = np.asarray(inputs[id(layer)]).reshape(-1, spec.c_in)
+        np.testing.assert_allclose(rms[name], np.sqrt(np.mean(values**2, 0)), rtol=1e-5)
+        k = dj.k_for_ratio(0.25, spec.group_in)
+        norms = sparsify.channel_norms(layer)
+        expected[name] = dj.topk_mask(norms * rms[name].reshape(1, 2, -1), k)
+        by_norm[name] = dj.topk_mask(norms, k)
+    sparsify.GradualPruning(0.25, start=0, end=0, lasso=0.0,
+                            importance="saliency").update(model, 0, images=images)
+    for name, layer in layers.items():
+        np.testing.assert_array_equal(layer.mask[...], expected[name])
+    assert any(not np.array_equal(expected[n], by_norm[n]) for n in layers)  # rms matters
+    with pytest.raises(dj.ConfigError, match="images="):
+        sparsify.GradualPruning(0.25, start=0, end=0, importance="saliency").update(model, 0)

@@ -6,7 +6,9 @@ subset of its channels. The public API is what this file re-exports:
 - mesh: :data:`AXIS`, :func:`make_mesh`, :func:`ensure_host_devices`
 - layers (training form): :class:`DiscoConv`, :class:`DiscoDense`,
   :class:`LayerSpec`, :class:`CommMask`, :func:`disco_layers`
-- models: :mod:`disco_jax.models` (ResNet-18/34/50/101)
+- models: :mod:`disco_jax.models` (ResNet-18/34/50/101, ViT)
+- transformer parts: :mod:`disco_jax.transformer` (LayerNorm with ``psum``
+  statistics, attention split by heads, window attention, MLP, blocks)
 - training: :mod:`disco_jax.train`, :mod:`disco_jax.sparsify` (mask methods),
   :mod:`disco_jax.data`
 - masks: :func:`random_mask`, :func:`topk_mask`, :func:`dense_mask`,
@@ -16,7 +18,7 @@ subset of its channels. The public API is what this file re-exports:
 - inference form: :class:`DistributedLayer` (one layer), :class:`DistributedModel`
   and :func:`to_inference` (a whole model), :func:`node_forward`
 - accounting: :func:`layer_costs`, :func:`model_costs`, :func:`hlo_permute_bytes`,
-  :func:`hlo_flops`
+  :func:`hlo_comm_bytes`, :func:`hlo_flops`
 - one process per node: :mod:`disco_jax.launch` (``python -m disco_jax.launch``),
   :mod:`disco_jax.linkcheck`; :func:`disco_jax.mesh.fetch` gathers an output
   that is spread over processes
@@ -25,6 +27,7 @@ subset of its channels. The public API is what this file re-exports:
 from disco_jax.accounting import (
     Cost as Cost,
     ModelCosts as ModelCosts,
+    hlo_comm_bytes as hlo_comm_bytes,
     hlo_flops as hlo_flops,
     hlo_other_collectives as hlo_other_collectives,
     hlo_permute_bytes as hlo_permute_bytes,

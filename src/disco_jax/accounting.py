@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from disco_jax.layers import LayerSpec, disco_layers, record_input_shapes
+from disco_jax.layers import LayerSpec, _DiscoLinear, disco_layers, record_inputs
 from disco_jax.plan import Plan, compile_plan
 
 
@@ -132,19 +132,37 @@ def layer_costs(spec: LayerSpec, k: int, in_spatial: Sequence[int], *,
 VARIANTS = ("single", "dense_split", "disco")
 
 
+def node_variants(nodes: int, *, comm_values: int = 0, payload_bytes: int = 4, flops: int = 0,
+                  params: int = 0) -> dict[str, Cost]:
+    """Costs of a part that is not a DISCO layer and is split evenly over nodes
+    (a LayerNorm, attention by heads, a per-channel parameter), as
+    ``{"single", "dense_split", "disco"}``.
+
+    Arguments:
+      comm_values: values all nodes send per sample (the same with or
+        without DISCO masks; none on a single device).
+      flops, params: of the whole part; a node of a split model has 1/N.
+    """
+    split = Cost(comm_values, comm_values * payload_bytes, flops // nodes, params // nodes)
+    return {"single": Cost(0, 0, flops, params), "dense_split": split, "disco": split}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelCosts:
     """Per-sample costs of a whole model.
 
     Attributes:
       layers: per DISCO layer (by name), its costs and input shape.
-      totals: per variant, the sum over DISCO layers, plus the folded
-        BatchNorm scale/shift (2 per channel) in ``params``. FLOPs leave out
-        the per-channel ops (BatchNorm, activations, adds, pooling).
+      others: per other part that costs something (LayerNorm statistics,
+        attention, per-channel parameters; by name), its costs and input shape.
+      totals: per variant, the sum over both, plus the folded BatchNorm
+        scale/shift (2 per channel) in ``params``. FLOPs leave out the
+        per-channel ops (normalisation, activations, softmax, adds, pooling).
     """
 
     layers: dict[str, dict]
     totals: dict[str, Cost]
+    others: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     @property
     def comm_reduction(self) -> float | None:
@@ -153,18 +171,26 @@ class ModelCosts:
         return self.totals["dense_split"].comm_bytes / disco if disco else None
 
 
+def _module_names(model: nnx.Module) -> dict[int, str]:
+    names = {id(module): "/".join(str(p) for p in path)
+             for path, module in nnx.iter_modules(model)}
+    names.update({id(layer): name for name, layer in disco_layers(model).items()})
+    return names
+
+
 def layer_input_shapes(model: nnx.Module, input_shape: Sequence[int]) -> dict[str, tuple]:
-    """The input shape of every DISCO layer of ``model`` for a given model input
-    (traced abstractly, nothing is computed)."""
+    """The input shape of every DISCO layer (and other module that records
+    one) of ``model`` for a given model input, by path name (traced
+    abstractly, nothing is computed)."""
     graphdef, state = nnx.split(model)
     shapes: dict[str, tuple] = {}
 
     def run(state, x):
         module = nnx.merge(graphdef, state)
-        names = {id(layer): name for name, layer in disco_layers(module).items()}
-        with record_input_shapes() as seen:
+        names = _module_names(module)
+        with record_inputs() as seen:
             out = module(x)
-        shapes.update({names[key]: shape for key, shape in seen.items()})
+        shapes.update({names[key]: tuple(value.shape) for key, value in seen.items()})
         return out
 
     jax.eval_shape(run, state, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
@@ -190,16 +216,24 @@ def model_costs(model: nnx.Module, input_shape: Sequence[int], plan: Plan | None
     norm_channels = sum(module.mean.shape[-1] for _, module in nnx.iter_modules(model)
                         if isinstance(module, nnx.BatchNorm))
     nodes = plan.nodes
+    others = {}
+    for path, module in nnx.iter_modules(model):
+        if hasattr(module, "costs") and not isinstance(module, _DiscoLinear):
+            name = "/".join(str(p) for p in path)
+            shape = shapes.get(name, (None,))[1:]  # a parameter has no input
+            others[name] = {"input_shape": shape,
+                            **module.costs(shape, nodes, payload_bytes=payload_bytes)}
+    parts = [*layers.values(), *others.values()]
     totals = {}
     for variant in VARIANTS:
         per_node = 1 if variant == "single" else nodes
         totals[variant] = Cost(
-            comm_values=sum(entry[variant].comm_values for entry in layers.values()),
-            comm_bytes=sum(entry[variant].comm_bytes for entry in layers.values()),
-            flops=sum(entry[variant].flops for entry in layers.values()),
-            params=sum(entry[variant].params for entry in layers.values())
+            comm_values=sum(entry[variant].comm_values for entry in parts),
+            comm_bytes=sum(entry[variant].comm_bytes for entry in parts),
+            flops=sum(entry[variant].flops for entry in parts),
+            params=sum(entry[variant].params for entry in parts)
             + 2 * norm_channels // per_node)
-    return ModelCosts(layers, totals)
+    return ModelCosts(layers, totals, others)
 
 
 _DTYPE_BYTES = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "s64": 8, "s32": 4, "u32": 4,
@@ -207,7 +241,10 @@ _DTYPE_BYTES = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "s64": 8, "s32": 4, "u3
 _PERMUTE = re.compile(
     r"=\s*\(?(?P<dtype>[a-z0-9]+)\[(?P<dims>[0-9,]*)\][^=]*?\s"
     r"collective-permute(?:-start)?\(.*?source_target_pairs=\{(?P<pairs>[0-9{},]*)\}")
-_COLLECTIVE = re.compile(r"\s(all-gather|all-reduce|all-to-all|reduce-scatter|collective-broadcast)"
+_ALL_REDUCE = re.compile(
+    r"=\s*\(?(?P<dtype>[a-z0-9]+)\[(?P<dims>[0-9,]*)\][^=]*?\sall-reduce(?:-start)?\("
+    r".*?replica_groups=(?P<groups>\{[0-9{},]*\}|\[[0-9,]+\]<=\[[0-9,]+\])")
+_COLLECTIVE = re.compile(r"\s(all-gather|all-to-all|reduce-scatter|collective-broadcast)"
                          r"(?:-start)?\(")
 
 
@@ -226,8 +263,36 @@ def hlo_permute_bytes(hlo_text: str) -> int:
     return total
 
 
+def _group_sizes(groups: str) -> list[int]:
+    """Sizes of the replica groups ``{{0,1},{2,3}}`` or ``[G,S]<=[N]`` (iota form)."""
+    if groups.startswith("["):
+        count, size = (int(d) for d in groups[1:groups.index("]")].split(","))
+        return [size] * count
+    return [len([d for d in group.split(",") if d]) for group in re.findall(r"\{([0-9,]*)\}",
+                                                                            groups[1:-1])]
+
+
+def hlo_all_reduce_bytes(hlo_text: str) -> int:
+    """Bytes all nodes send through ``all-reduce`` ops in compiled HLO, counted as
+    the plan counts a ``psum`` (LayerNorm statistics): every node's partial
+    values reach every other node of its group, bytes x S x (S-1) per group of S."""
+    total = 0
+    for match in _ALL_REDUCE.finditer(hlo_text):
+        dims = [int(d) for d in match["dims"].split(",") if d]
+        size = math.prod(dims) * _DTYPE_BYTES[match["dtype"]]
+        total += sum(size * s * (s - 1) for s in _group_sizes(match["groups"]))
+    return total
+
+
+def hlo_comm_bytes(hlo_text: str) -> int:
+    """All bytes between nodes in compiled HLO: collective-permutes (the DISCO
+    layers) and all-reduces (LayerNorm statistics), per batch."""
+    return hlo_permute_bytes(hlo_text) + hlo_all_reduce_bytes(hlo_text)
+
+
 def hlo_other_collectives(hlo_text: str) -> list[str]:
-    """Names of collective ops other than collective-permute in compiled HLO."""
+    """Names of collective ops in compiled HLO other than those
+    :func:`hlo_comm_bytes` counts (collective-permute, all-reduce)."""
     return [m.group(1) for m in _COLLECTIVE.finditer(hlo_text)]
 
 

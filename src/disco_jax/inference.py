@@ -9,6 +9,9 @@ model's *inference form*: the same module tree and the same ``__call__``, with
   send indices + packed weights; calls :func:`~disco_jax.parallel.node_forward`),
 - every ``nnx.BatchNorm`` folded into a per-channel :class:`ChannelAffine`
   (running statistics -> scale and shift),
+- every other module that has an ``inference_form(nodes, name)`` method
+  replaced by what it returns (:mod:`disco_jax.transformer`: a LayerNorm whose
+  statistics come from a ``psum``, per-channel parameters split over nodes),
 
 and every array of it a :class:`PlanArray` whose leading axis is the node.
 :class:`DistributedModel` places those arrays so that node n holds only row n
@@ -20,12 +23,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 
 from disco_jax.errors import ConfigError
 from disco_jax.layers import _DiscoLinear, disco_layers
-from disco_jax.mesh import AXIS, channel_spec, node_spec, replicate, shard_nodes
+from disco_jax.mesh import AXIS, channel_spec, node_spec, replicate, shard_channels, shard_nodes
 from disco_jax.parallel import node_forward
 from disco_jax.plan import LayerPlan, Plan, check_plan_matches, compile_plan
 
@@ -112,6 +116,8 @@ def to_inference(model: nnx.Module, plan: Plan | None = None, *,
                                                      payload_dtype=payload_dtype)))
         elif isinstance(module, nnx.BatchNorm):
             replacements.append((path, ChannelAffine(module, nodes, name)))
+        elif hasattr(module, "inference_form"):  # LayerNorm, ChannelParam, ...
+            replacements.append((path, module.inference_form(nodes, name or "the model")))
     for path, new in replacements:
         if not path:
             return new
@@ -122,8 +128,8 @@ def to_inference(model: nnx.Module, plan: Plan | None = None, *,
                 raise ConfigError(
                     f"{'/'.join(map(str, path)) or 'the model'} ({type(module).__name__}) holds "
                     f"a {type(value).__name__} '{attribute}' that DISCO cannot split over "
-                    "nodes. Use DiscoConv/DiscoDense for linear layers and nnx.BatchNorm or "
-                    "parameter-free ops for the rest.")
+                    "nodes. Use DiscoConv/DiscoDense for linear layers, nnx.BatchNorm, the "
+                    "parts of disco_jax.transformer or parameter-free ops for the rest.")
     return inference
 
 
@@ -139,8 +145,12 @@ class DistributedModel:
         outputs are split over nodes on their last axis.
       output_channels: keep only the first this many output channels (a
         classifier padded to a multiple of N; ``model.num_classes``).
+      split_input: False (default): the model's input is the network input,
+        given to every node whole. True: it is an activation split over
+        nodes by channel like any other (a block or a part of a network,
+        ``[..., C]`` with C divisible by N).
 
-    The network input is given to every node (replicated); the output comes
+    By default the network input is given to every node (replicated); the output comes
     back as one global array. With one process per node
     (:mod:`disco_jax.launch`) every process makes the same calls, and
     :func:`disco_jax.mesh.fetch` gathers the output on the host.
@@ -148,7 +158,7 @@ class DistributedModel:
 
     def __init__(self, model: nnx.Module, mesh: Mesh, plan: Plan | None = None, *,
                  payload_dtype=None, output_rank: int = 2,
-                 output_channels: int | None = None):
+                 output_channels: int | None = None, split_input: bool = False):
         plan = compile_plan(model) if plan is None else plan
         if mesh.shape.get(AXIS) != plan.nodes or len(mesh.shape) != 1:
             raise ConfigError(f"the plan is for {plan.nodes} nodes but the mesh is "
@@ -160,17 +170,29 @@ class DistributedModel:
         def body(state, x):
             return nnx.merge(self.graphdef, state)(x)
 
-        self.output_channels = output_channels
-        self._fn = jax.jit(jax.shard_map(body, mesh=mesh,
-                                         in_specs=(node_spec(), PartitionSpec()),
-                                         out_specs=channel_spec(output_rank)))
+        self.output_channels, self.split_input = output_channels, split_input
+        self._body, self._output_rank, self._fns = body, output_rank, {}
+
+    def _fn(self, ndim: int):
+        if ndim not in self._fns:
+            x_spec = channel_spec(ndim) if self.split_input else PartitionSpec()
+            self._fns[ndim] = jax.jit(jax.shard_map(
+                self._body, mesh=self.mesh, in_specs=(node_spec(), x_spec),
+                out_specs=channel_spec(self._output_rank)))
+        return self._fns[ndim]
 
     def inputs(self, x: jax.Array) -> tuple:
         """The arguments of the sharded function: the placed arrays and ``x``."""
-        return self.state, replicate(x, self.mesh)
+        if not self.split_input:
+            return self.state, replicate(x, self.mesh)
+        if np.shape(x)[-1] % self.plan.nodes:
+            raise ConfigError(f"the input's {np.shape(x)[-1]} channels (shape "
+                              f"{tuple(np.shape(x))}) do not divide over {self.plan.nodes} "
+                              "nodes")
+        return self.state, shard_channels(x, self.mesh)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.outputs(self._fn(*self.inputs(x)))
+        return self.outputs(self._fn(np.ndim(x))(*self.inputs(x)))
 
     def outputs(self, y: jax.Array) -> jax.Array:
         """Drops the padding columns of a padded classifier (after the sharded
@@ -180,5 +202,5 @@ class DistributedModel:
     def compile(self, x: jax.Array) -> jax.stages.Compiled:
         """The XLA executable for inputs shaped like ``x``; run it as
         ``model.outputs(compiled(*model.inputs(x)))``."""
-        return self._fn.lower(*self.inputs(x)).compile()
+        return self._fn(np.ndim(x)).lower(*self.inputs(x)).compile()
 

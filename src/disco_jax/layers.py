@@ -197,20 +197,29 @@ class CommMask(nnx.Variable):
     """
 
 
-_INPUT_SHAPES: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
-    "disco_input_shapes", default=None)
+_INPUTS: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "disco_inputs", default=None)
 
 
 @contextlib.contextmanager
-def record_input_shapes() -> Iterator[dict[int, tuple[int, ...]]]:
-    """Within the block, DISCO layers called in training form record their input
-    shapes, keyed by ``id(layer)`` (used for per-layer accounting)."""
-    shapes: dict[int, tuple[int, ...]] = {}
-    token = _INPUT_SHAPES.set(shapes)
+def record_inputs() -> Iterator[dict[int, jax.Array]]:
+    """Within the block, DISCO layers (and the other modules that cost
+    something, see :func:`note_input`) called in training form record their
+    inputs (arrays or tracers), keyed by ``id(module)``: their shapes serve the
+    accounting, their values the activation-aware mask importance."""
+    inputs: dict[int, jax.Array] = {}
+    token = _INPUTS.set(inputs)
     try:
-        yield shapes
+        yield inputs
     finally:
-        _INPUT_SHAPES.reset(token)
+        _INPUTS.reset(token)
+
+
+def note_input(module: nnx.Module, x: jax.Array) -> None:
+    """Records ``x`` as ``module``'s input within :func:`record_inputs`."""
+    recorder = _INPUTS.get()
+    if recorder is not None:
+        recorder[id(module)] = x
 
 
 class _DiscoLinear(nnx.Module):
@@ -247,9 +256,7 @@ class _DiscoLinear(nnx.Module):
             raise ConfigError(
                 f"{self.name}: expected input {layout} with C={self.spec.c_in}, "
                 f"got shape {tuple(x.shape)}")
-        recorder = _INPUT_SHAPES.get()
-        if recorder is not None:
-            recorder[id(self)] = tuple(x.shape)
+        note_input(self, x)
         bias = None if self.bias is None else self.bias[...]
         return linear(self.spec, read_input(self.spec, x), self.masked_kernel(), bias)
 

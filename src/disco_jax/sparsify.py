@@ -8,8 +8,9 @@ method does:
   inside the jitted train step (``step`` is an array), or None. It is a
   hashable value (such as :class:`GroupLasso`), so that methods with the same
   loss term share one compiled train step;
-- ``update(model, step)``: called between steps (outside jit) to set the
-  layers' :class:`~disco_jax.layers.CommMask` values.
+- ``update(model, step, images=None)``: called between steps (outside jit)
+  with the images of the step about to run, to set the layers'
+  :class:`~disco_jax.layers.CommMask` values.
 
 Every method ends, at step ``end``, with an exact mask (k channels for every
 ordered node pair of every layer), after which training fine-tunes with the
@@ -20,6 +21,9 @@ masks fixed.
   receiver) pushes the unimportant ones towards zero, while the budget shrinks
   from C_in/N to k on a cubic schedule; at each update the channels with the
   smallest weight norm among those still read are dropped for good. With
+  ``importance="saliency"`` a channel's weight norm is multiplied by the RMS
+  of what it carries (measured on the step's images), so that a small weight
+  on a loud channel is not taken for an unimportant one. With
   ``importance="random"`` (and no lasso) the same schedule drops channels in
   a random order: the method with chance in place of learning, the fair
   baseline for it.
@@ -31,6 +35,7 @@ masks fixed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Literal, Protocol
 
@@ -40,8 +45,11 @@ import numpy as np
 from flax import nnx
 
 from disco_jax.errors import ConfigError
-from disco_jax.layers import _DiscoLinear, disco_layers
+from disco_jax.layers import _DiscoLinear, disco_layers, record_inputs
 from disco_jax.masks import block_diagonal_mask, dense_mask, k_for_ratio, random_mask, topk_mask
+
+IMPORTANCES = ("weight_norm", "saliency", "random")
+"""How :class:`GradualPruning` ranks the channels it may drop."""
 
 
 class MaskMethod(Protocol):
@@ -53,7 +61,7 @@ class MaskMethod(Protocol):
     @property
     def penalty(self) -> Callable[[nnx.Module, jax.Array], jax.Array] | None: ...
 
-    def update(self, model: nnx.Module, step: int) -> None: ...
+    def update(self, model: nnx.Module, step: int, images: jax.Array | None = None) -> None: ...
 
 
 def _split_layers(model: nnx.Module) -> dict[str, _DiscoLinear]:
@@ -71,6 +79,28 @@ def channel_norms(layer: _DiscoLinear) -> jax.Array:
     squares = jnp.sum(kernel**2, axis=(0, 4)).transpose(2, 0, 1)  # [i, j, c]
     # a small floor keeps the penalty's gradient finite at an all-zero group
     return jnp.sqrt(squares + 1e-12)
+
+
+@functools.lru_cache(maxsize=16)
+def _rms_fn(graphdef):
+    def run(state, images):
+        model = nnx.merge(graphdef, state)  # a copy: batch statistics it updates are dropped
+        layers = _split_layers(model)
+        with record_inputs() as seen:
+            model(images)
+        return {name: jnp.sqrt(jnp.mean(jnp.square(seen[id(layer)]).reshape(
+                    -1, layer.spec.c_in), axis=0))
+                for name, layer in layers.items()}
+
+    return jax.jit(run)
+
+
+def input_rms(model: nnx.Module, images: jax.Array) -> dict[str, jax.Array]:
+    """``f32[C_in]`` per masked DISCO layer (by name): the RMS of each input
+    channel over ``images`` (all samples and positions), from one forward pass
+    in training form."""
+    graphdef, state = nnx.split(model)
+    return _rms_fn(graphdef)(state, jnp.asarray(images))
 
 
 def _layer_key(seed: int, index: int) -> jax.Array:
@@ -124,8 +154,10 @@ class GradualPruning:
         lasso near 1e-2 moves a group norm of ~0.5 to zero within ~250 steps
         unless the loss holds it up.
       importance: ``"weight_norm"`` (learned: the channels whose weights the
-        lasso and the loss left smallest go first) or ``"random"`` (a random
-        order per layer, fixed by ``seed``).
+        lasso and the loss left smallest go first), ``"saliency"`` (learned:
+        weight norm x the RMS of the channel's values on the step's images;
+        needs ``images`` in :meth:`update`) or ``"random"`` (a random order
+        per layer, fixed by ``seed``).
       seed: seeds the random order.
     """
 
@@ -134,7 +166,7 @@ class GradualPruning:
     end: int
     interval: int = 10
     lasso: float = 1e-2
-    importance: Literal["weight_norm", "random"] = "weight_norm"
+    importance: Literal["weight_norm", "saliency", "random"] = "weight_norm"
     seed: int = 0
 
     def __post_init__(self):
@@ -142,8 +174,8 @@ class GradualPruning:
         check_schedule(self.start, self.end)
         if self.interval < 1 or self.lasso < 0:
             raise ConfigError("GradualPruning: interval must be >= 1 and lasso >= 0")
-        if self.importance not in ("weight_norm", "random"):
-            raise ConfigError(f"GradualPruning importance must be 'weight_norm' or 'random', "
+        if self.importance not in IMPORTANCES:
+            raise ConfigError(f"GradualPruning importance must be one of {IMPORTANCES}, "
                               f"got {self.importance!r}")
 
     def budget(self, group: int, step: int) -> int:
@@ -160,16 +192,24 @@ class GradualPruning:
     def penalty(self) -> GroupLasso | None:
         return GroupLasso(self.lasso, self.start, self.end) if self.lasso > 0 else None
 
-    def update(self, model: nnx.Module, step: int) -> None:
+    def update(self, model: nnx.Module, step: int, images: jax.Array | None = None) -> None:
         due = step == self.end or (self.start <= step < self.end
                                    and (step - self.start) % self.interval == 0)
         if not due:
             return
-        for index, layer in enumerate(_split_layers(model).values()):
+        rms = None
+        if self.importance == "saliency":
+            if images is None:
+                raise ConfigError("GradualPruning(importance='saliency') measures channels on "
+                                  "the training images: call update(model, step, images=...)")
+            rms = input_rms(model, images)
+        for index, (name, layer) in enumerate(_split_layers(model).items()):
             if self.importance == "random":
                 scores = jax.random.uniform(_layer_key(self.seed, index), layer.mask[...].shape)
             else:
                 scores = channel_norms(layer)
+            if rms is not None:  # sender j's channel c: [1, N, C_in/N]
+                scores = scores * rms[name].reshape(1, *layer.spec.mask_shape[1:])
             # dropped channels never come back: they rank below every kept one
             scores = jnp.where(layer.mask[...] > 0, scores, -1.0)
             layer.mask[...] = topk_mask(scores, self.budget(layer.spec.group_in, step))
@@ -207,7 +247,7 @@ class FixedMask:
     def penalty(self) -> None:
         return None
 
-    def update(self, model: nnx.Module, step: int) -> None:
+    def update(self, model: nnx.Module, step: int, images: jax.Array | None = None) -> None:
         if step != self.start:
             return
         for index, layer in enumerate(_split_layers(model).values()):

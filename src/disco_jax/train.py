@@ -321,11 +321,12 @@ def train(model: nnx.Module, train_split: Split, classes: int, config: TrainConf
     for step in bar:
         if stop_after is not None and step >= stop_after:
             break
-        if method is not None:
-            method.update(model, step)
         index = batch_indices(len(train_split), config.batch_size, step, config.seed)
-        loss, accuracy = step_fn(model, state, train_split.images[index],
-                                 train_split.labels[index], jnp.asarray(step))
+        images = train_split.images[index]
+        if method is not None:
+            method.update(model, step, images=images)
+        loss, accuracy = step_fn(model, state, images, train_split.labels[index],
+                                 jnp.asarray(step))
         if progress and (step % 10 == 0 or step == end - 1):
             bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{float(accuracy):.3f}")
         done = step + 1
@@ -333,7 +334,9 @@ def train(model: nnx.Module, train_split: Split, classes: int, config: TrainConf
             _save(manager, done, model, state, config.optimizer)
     last = end if stop_after is None else min(stop_after, end)
     if method is not None and last == end:
-        method.update(model, last)  # the masks a next step would use: exact if steps >= end
+        # the masks a next step would use (exact if steps >= end), on that step's images
+        index = batch_indices(len(train_split), config.batch_size, last, config.seed)
+        method.update(model, last, images=train_split.images[index])
     if manager is not None:
         manager.wait_until_finished()
         manager.close()

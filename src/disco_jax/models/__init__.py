@@ -10,3 +10,4 @@ from disco_jax.models.resnet import (
     ResNet50 as ResNet50,
     ResNet101 as ResNet101,
 )
+from disco_jax.models.vit import ViT as ViT

@@ -1,0 +1,509 @@
+"""The experiments' one pipeline: a network, its variants, the mesh, the report.
+
+:mod:`experiments.resnet50` and :mod:`experiments.vit` are this pipeline with
+their network (a :class:`Network`: presets, the model builder, the targets).
+Per run, on the offline default data (Fashion-MNIST from the Debian package):
+
+1. train the dense model (every channel read) for the first P steps of one
+   run (AdamW, warmup, cosine over all P + V steps), or load it, with its
+   optimiser state, with ``--init DIR`` (a checkpoint folder an earlier run
+   wrote, e.g. ``runs/resnet50-n2/dense``);
+2. from that one checkpoint, each variant of :mod:`experiments.compare`
+   (learned masks = DISCO, random masks at the same k, no communication, the
+   dense split) goes on with the same run for the same V steps: masks pruned
+   to the budget, then fine-tuned. The dense split is thus the uninterrupted
+   dense run of P + V steps;
+3. compile the DISCO model's plan and save it with the checkpoints under
+   ``--out``;
+4. run the DISCO model on an N-device mesh (``jax.shard_map``; emulated CPU
+   devices when the machine has fewer) over the test set, and check it
+   against the single-device masked reference; the other variants' top-1 is
+   measured on the mesh as well;
+5. print the DESIGN.md section 8 table, write it as JSON (``--report``) and
+   draw the PNG plots (bytes per layer; accuracy against comm ratio with
+   ``--sweep``).
+
+Every phase saves an orbax checkpoint under ``--out``: a run started again
+with the same settings resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from experiments.compare import RECIPE
+
+IMPORTANCES = ("weight_norm", "saliency")
+"""How the learned masks rank channels (:class:`disco_jax.sparsify.GradualPruning`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Targets:
+    """What a run must show: communication >= ``comm_reduction`` x below the
+    dense split, FLOPs and weights per node at most these fractions of a
+    single device (None: not a target), DISCO within ``gap`` points of the
+    dense split and above random masks."""
+
+    comm_reduction: float
+    gap: float
+    flops: float | None = None
+    params: float | None = None
+    title: str = "targets for this run"
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """What an experiment's network brings to the pipeline.
+
+    Attributes:
+      program: the module run with ``python -m`` (``experiments.resnet50``).
+      models: the ``--model`` choices, the default first.
+      presets: ``default``, ``full`` and ``quick`` settings; each one is also
+        a command-line option (``--width``), and decides the trained weights.
+      choices: allowed values of settings that take a few.
+      helps: help texts of settings that need more than their default.
+      build: ``(settings, dataset) -> model``: the untrained network of a run.
+      architecture: the settings the report repeats next to ``model``.
+      describe: ``report -> str``, the architecture in the table's first line.
+      recipe: training details the report adds to its recipe.
+      targets: what the run must show.
+      doc: the program's help text.
+    """
+
+    program: str
+    models: tuple[str, ...]
+    presets: dict[str, dict]
+    build: Callable
+    architecture: tuple[str, ...]
+    describe: Callable[[dict], str]
+    targets: Targets
+    doc: str
+    choices: dict[str, tuple] = dataclasses.field(default_factory=dict)
+    helps: dict[str, str] = dataclasses.field(default_factory=dict)
+    recipe: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        return tuple(self.presets["default"])
+
+
+def network_of(model: str) -> Network:
+    """The :class:`Network` that trains ``model`` (a run's ``settings["model"]``)."""
+    from disco_jax.errors import ConfigError
+
+    for program in ("experiments.resnet50", "experiments.vit"):
+        network = importlib.import_module(program).NETWORK
+        if model in network.models:
+            return network
+    raise ConfigError(f"no experiment trains a model named {model!r}")
+
+
+def build_model(settings: dict, dataset):
+    """The (untrained) network a run with ``settings`` (its ``settings.json``)
+    trains, for ``dataset``'s images and classes."""
+    return network_of(settings["model"]).build(settings, dataset)
+
+
+def parse_args(network: Network, argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"python -m {network.program}",
+                                     description=network.doc.split("\n\n")[0])
+    parser.add_argument("--mesh", type=int, default=2, help="nodes N (1, 2, 4, 8; default 2)")
+    parser.add_argument("--comm-ratio", type=float, default=0.2,
+                        help="rho = channels sent / channels a node holds, in [0, 1]")
+    parser.add_argument("--model", choices=network.models, default=network.models[0])
+    parser.add_argument("--dataset", default="fashion_mnist",
+                        help="fashion_mnist (offline) or a tensorflow-datasets name")
+    parser.add_argument("--init", type=Path,
+                        help="load the dense model from this checkpoint folder instead of "
+                             "training it")
+    parser.add_argument("--preset", choices=("default", "full"), default="default")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few steps of a narrow net (the 'quick' preset), under 3 minutes")
+    for name, value in network.presets["default"].items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value),
+                            choices=network.choices.get(name),
+                            help=network.helps.get(
+                                name, f"overrides the preset's {name} ({value!r} by default)"))
+    parser.add_argument("--lasso", type=float, default=1e-2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sweep", help="comma-separated comm ratios for the accuracy plot, "
+                                        "e.g. 0,0.05,0.1,0.2,0.5,1 (one more variant each)")
+    parser.add_argument("--out", type=Path,
+                        help="checkpoints, plan and plots (default runs/MODEL-nN[-quick])")
+    parser.add_argument("--report", type=Path, help="write the report as JSON here")
+    args = parser.parse_args(argv)
+    preset = "quick" if args.quick else args.preset
+    args.preset = preset
+    for name, value in network.presets[preset].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if not 0.0 <= args.comm_ratio <= 1.0:
+        parser.error(f"--comm-ratio must be in [0, 1] (1 = dense split, 0 = no communication), "
+                     f"got {args.comm_ratio}")
+    if args.mesh < 1:
+        parser.error(f"--mesh must be a positive number of nodes, got {args.mesh}")
+    try:
+        args.sweep = [] if not args.sweep else [float(r) for r in args.sweep.split(",")]
+    except ValueError:
+        parser.error(f"--sweep takes comma-separated numbers in [0, 1], got {args.sweep!r}")
+    if any(not 0.0 <= r <= 1.0 for r in args.sweep):
+        parser.error(f"--sweep ratios must be in [0, 1], got {args.sweep}")
+    if args.out is None:
+        args.out = Path("runs") / f"{args.model}-n{args.mesh}{'-quick' if args.quick else ''}"
+    return args
+
+
+def _settings(network: Network, args) -> dict:
+    """What decides the trained weights: a checkpoint folder is reused only
+    by a run with the same settings."""
+    return {"model": args.model, "dataset": args.dataset,
+            "nodes": args.mesh, "comm_ratio": args.comm_ratio, "lasso": args.lasso,
+            "seed": args.seed, "init": None if args.init is None else str(args.init.resolve()),
+            **{name: getattr(args, name) for name in network.settings}}
+
+
+def _claim_out_dir(network: Network, args) -> None:
+    from disco_jax.errors import ConfigError
+
+    record = args.out / "settings.json"
+    ours = _settings(network, args)
+    if record.is_file():
+        theirs = json.loads(record.read_text())
+        changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        if changed:
+            raise ConfigError(
+                f"{args.out} holds the checkpoints of a run with other settings ("
+                + ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} now"
+                            for k in changed)
+                + "); give another --out, or delete the folder to start over")
+    args.out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(ours, indent=1))
+
+
+def run(network: Network, args) -> dict:
+    import jax
+
+    import disco_jax as dj
+    from disco_jax import data, sparsify
+    from disco_jax.train import evaluate, restore_run
+    from experiments.compare import (
+        QUALITY_KEYS,
+        VARIANTS,
+        Schedule,
+        comm_ratio_of,
+        plan_and_budget_bytes,
+        train_dense,
+        train_variant,
+    )
+
+    started, timings = time.time(), {}
+    dataset = data.load(args.dataset, image_size=args.image_size)
+    test = data.Split(dataset.test.images[:args.test_images],
+                      dataset.test.labels[:args.test_images])
+    held_out = data.Split(test.images[:args.eval_images], test.labels[:args.eval_images])
+    classes, image = dataset.classes, (1, *dataset.image_shape)
+    dense = network.build(_settings(network, args), dataset)
+    mesh = dj.make_mesh(args.mesh)  # too few devices: say so before any training
+
+    # 1. the dense model: the first steps of one run that each variant goes on with
+    schedule = Schedule(args.prune_steps, args.finetune_steps, args.batch_size,
+                        learning_rate=args.learning_rate, lasso=args.lasso,
+                        optimizer=args.optimizer, warmup_steps=args.warmup_steps,
+                        weight_decay=args.weight_decay, importance=args.importance)
+    if args.init is not None:
+        sparsify.FixedMask("dense_split").update(dense, 0)
+        init_step, optimizer = restore_run(dense, args.init, optimizer=args.optimizer)
+    _claim_out_dir(network, args)  # only now: a refused run leaves no folder behind
+    if args.init is not None:
+        pretrain_steps = None
+    else:
+        optimizer = train_dense(dense, dataset.train, classes, schedule, args.pretrain_steps,
+                                args.seed, checkpoint_dir=args.out / "dense")
+        init_step, pretrain_steps = None, args.pretrain_steps
+    timings["dense"] = time.time() - started
+
+    # 2. the variants, from that one checkpoint, with the same steps
+    def held_out_top1(model):
+        return evaluate(model, held_out, classes)
+
+    variants = VARIANTS if args.mesh > 1 else ("dense_split",)  # N = 1: nothing travels
+    models, plans, at_budget, bytes_sent = {}, {}, {}, {}
+    for variant in variants:
+        begin = time.time()
+        models[variant], at_budget[variant], _ = train_variant(
+            dense, variant, args.comm_ratio, schedule, args.seed, dataset.train,
+            held_out_top1, classes, checkpoint_dir=args.out / variant, optimizer=optimizer,
+            evaluate_final=False)
+        plans[variant], _, bytes_sent[variant] = plan_and_budget_bytes(
+            models[variant], image, comm_ratio_of(variant, args.comm_ratio))
+        timings[variant] = time.time() - begin
+    if args.mesh == 1:
+        models["learned"], plans["learned"] = models["dense_split"], plans["dense_split"]
+
+    # the test set, on the mesh: DISCO against its single-device reference, the
+    # other variants' top-1 (at N = 1 DISCO is the dense split)
+    begin = time.time()
+    disco, plan = models["learned"], plans["learned"]
+    plan_dir = dj.save_plan(plan, args.out / "plan", overwrite=True)
+    check = distributed_check(disco, plan, mesh, test, classes)
+    top1 = {v: check["reference_top1"] if model is disco else
+            distributed_check(model, plans[v], mesh, test, classes, reference=False)["top1"]
+            for v, model in models.items()}
+    timings["test_and_mesh"] = time.time() - begin
+
+    # accuracy against comm ratio: the learned method at each ratio, same steps
+    sweep = []
+    for ratio in args.sweep:
+        known = {args.comm_ratio: "learned", 0.0: "no_comm", 1.0: "dense_split"}.get(ratio)
+        if args.mesh > 1 and known in models:
+            sweep.append({"comm_ratio": ratio, "top1": top1[known], "variant": known})
+            continue
+        model, _, _ = train_variant(dense, "learned", ratio, schedule, args.seed,
+                                    dataset.train, held_out_top1, classes,
+                                    checkpoint_dir=args.out / f"sweep-{ratio:g}",
+                                    optimizer=optimizer, evaluate_final=False)
+        ratio_top1 = distributed_check(model, dj.compile_plan(model), mesh, test, classes,
+                                        reference=False)["top1"]
+        sweep.append({"comm_ratio": ratio, "top1": ratio_top1, "variant": "learned"})
+
+    costs = dj.model_costs(disco, image, plan)
+    totals = costs.totals
+
+    def quality(values):
+        result = {"metric": "top1", "single": values.get("dense_split")}
+        result.update({QUALITY_KEYS[v]: values.get(v) for v in VARIANTS})
+        return result
+
+    steps = (args.pretrain_steps if pretrain_steps is not None else 0) + schedule.steps
+    return {
+        "model": args.model, "task": "classification", "dataset": args.dataset,
+        "input_shape": list(dataset.image_shape),
+        **{name: getattr(args, name) for name in network.architecture},
+        "nodes": args.mesh, "comm_ratio": args.comm_ratio, "payload_dtype": "float32",
+        "preset": args.preset, "seed": args.seed,
+        "quality": quality(top1),
+        "quality_at_budget": quality(at_budget) | {"images": len(held_out)},
+        "test_images": len(test),
+        "steps_per_variant": {
+            "dense": pretrain_steps, "init": None if args.init is None else str(args.init),
+            "init_step": init_step, "prune": schedule.prune_steps,
+            "finetune": schedule.finetune_steps, "batch_size": args.batch_size,
+            "total": steps, "images": steps * args.batch_size},
+        "recipe": {name: getattr(args, name) for name in RECIPE}
+                  | {"lasso": args.lasso, "importance": args.importance}
+                  | network.recipe,
+        "comm_bytes_per_sample": {"dense_split": totals["dense_split"].comm_bytes,
+                                  "disco": totals["disco"].comm_bytes,
+                                  "disco_hlo": check["hlo_bytes_per_sample"]},
+        "comm_reduction": costs.comm_reduction,
+        "bytes_plan_vs_budget": bytes_sent,
+        "flops_per_node": {**{v: totals[v].flops for v in dj.accounting.VARIANTS},
+                           "disco_hlo": check["hlo_flops_per_sample"]},
+        "params_per_node": {v: totals[v].params for v in dj.accounting.VARIANTS},
+        "max_abs_diff_vs_reference": check["max_abs_diff"],
+        "distributed": {k: v for k, v in check.items()
+                        if k not in ("hlo_bytes_per_sample", "hlo_flops_per_sample",
+                                     "max_abs_diff")},
+        "latency_ms": None,  # emulated devices share the host's cores: see benchmarks
+        "sweep": sweep,
+        "paths": {"out": str(args.out), "plan": str(plan_dir),
+                  "disco_checkpoint": str(args.out / "learned" / "finetune")},
+        "layers": [{"name": name, "k": entry["k"], "input_shape": list(entry["input_shape"]),
+                    **{v: vars(entry[v]) for v in dj.accounting.VARIANTS}}
+                   for name, entry in costs.layers.items()],
+        "other_parts": [{"name": name, "input_shape": list(entry["input_shape"]),
+                         **{v: vars(entry[v]) for v in dj.accounting.VARIANTS}}
+                        for name, entry in costs.others.items()],
+        "seconds": {k: round(v, 1) for k, v in timings.items()}
+                   | {"total": round(time.time() - started, 1)},
+        "jax": jax.__version__, "devices": [str(d) for d in mesh.devices.flat],
+    }
+
+
+def distributed_check(model, plan, mesh, test, classes, batch: int = 500, *,
+                       reference: bool = True) -> dict:
+    """Runs ``model``'s inference form on ``mesh`` over ``test`` and, with
+    ``reference``, compares it with the single-device masked reference (the
+    training form, one device). Without it, only the mesh's top-1."""
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    import disco_jax as dj
+
+    batch = min(batch, len(test))
+    distributed = dj.DistributedModel(model, mesh, plan, output_channels=classes)
+    model.eval()
+    reference_fn = nnx.jit(lambda m, x: m(x)[:, :classes])
+    compiled = distributed.compile(jnp.asarray(test.images[:batch]))
+    max_diff = max_ref = 0.0
+    predicted, expected, ties, seconds = [], [], 0, 0.0
+    for begin in range(0, len(test), batch):
+        images = test.images[begin:begin + batch]
+        count = len(images)
+        if count < batch:  # the compiled program's shape: pad, then drop the padding
+            images = np.concatenate([images, np.zeros((batch - count, *images.shape[1:]),
+                                                      images.dtype)])
+        started = time.time()
+        logits = distributed.outputs(compiled(*distributed.inputs(jnp.asarray(images))))
+        logits = np.asarray(logits)[:count]
+        seconds += time.time() - started
+        predicted.append(logits.argmax(-1))
+        if not reference:
+            continue
+        ref = np.asarray(reference_fn(model, jnp.asarray(images)))[:count]
+        max_diff = max(max_diff, float(np.max(np.abs(logits - ref))))
+        max_ref = max(max_ref, float(np.max(np.abs(ref))))
+        expected.append(ref.argmax(-1))
+        # a differing prediction is a float tie if the reference's top two are that close
+        top2 = np.sort(ref, -1)[:, -2:]
+        differ = logits.argmax(-1) != ref.argmax(-1)
+        ties += int(np.sum(differ & (top2[:, 1] - top2[:, 0] <= 1e-4 * max(max_ref, 1.0))))
+    model.train()
+    predicted = np.concatenate(predicted)
+    result = {"top1": float(np.mean(predicted == test.labels)), "images": len(test),
+              "batch": batch, "mesh_seconds": round(seconds, 2)}
+    if not reference:
+        return result
+    expected = np.concatenate(expected)
+    hlo = compiled.as_text()
+    return result | {
+        "reference_top1": float(np.mean(expected == test.labels)),
+        "prediction_mismatches": int(np.sum(predicted != expected)),
+        "mismatches_that_are_ties": ties,
+        "max_abs_diff": max_diff, "max_abs_reference": max_ref,
+        "hlo_bytes_per_sample": dj.hlo_comm_bytes(hlo) / batch,
+        "hlo_flops_per_sample": dj.hlo_flops(compiled) / batch,
+        "other_collectives": dj.hlo_other_collectives(hlo),
+    }
+
+
+def targets(report: dict, goals: Targets) -> list[tuple[str, str, bool | None]]:
+    """The paper's claims for this run: (what, measured, met); None when not measured."""
+    comm, flops, params = (report["comm_bytes_per_sample"], report["flops_per_node"],
+                           report["params_per_node"])
+    quality = report["quality"]
+    hlo_reduction = comm["dense_split"] / comm["disco_hlo"] if comm["disco_hlo"] else None
+    rows = [(f"communication >= {goals.comm_reduction:g}x below the dense split (compiled HLO)",
+             "n/a" if hlo_reduction is None else f"{hlo_reduction:.2f}x",
+             None if hlo_reduction is None else hlo_reduction >= goals.comm_reduction)]
+    if goals.flops is not None:
+        rows.append((f"FLOPs per node <= {goals.flops:g} of single device",
+                     f"{flops['disco'] / flops['single']:.2f}",
+                     flops["disco"] / flops["single"] <= goals.flops))
+    if goals.params is not None:
+        rows.append((f"weights per node <= {goals.params:g} of single device",
+                     f"{params['disco'] / params['single']:.2f}",
+                     params["disco"] / params["single"] <= goals.params))
+    if quality["random_mask"] is not None:
+        gap = 100 * (quality["dense_split"] - quality["disco"])
+        rows.append((f"DISCO top-1 within {goals.gap:g} point of the dense split",
+                     f"{abs(gap):.2f} points {'below' if gap > 0 else 'above'}",
+                     gap <= goals.gap))
+        lead = 100 * (quality["disco"] - quality["random_mask"])
+        rows.append(("learned masks above random masks at the same k",
+                     f"{lead:+.2f} points", lead > 0))
+    return rows
+
+
+def format_report(report: dict, network: Network) -> str:
+    """The terminal table (DESIGN.md section 8 fields)."""
+
+    def pct(value):
+        return "     -" if value is None else f"{100 * value:6.2f}"
+
+    steps, quality, recipe = report["steps_per_variant"], report["quality"], report["recipe"]
+    at_budget, dist = report["quality_at_budget"], report["distributed"]
+    comm, flops, params = (report["comm_bytes_per_sample"], report["flops_per_node"],
+                           report["params_per_node"])
+    dense = (f"dense {steps['dense']} steps" if steps["dense"] is not None
+             else f"dense loaded from {steps['init']} (step {steps['init_step']})")
+    rows = [
+        f"{report['model']} ({network.describe(report)}) on "
+        f"{report['nodes']} nodes, {report['dataset']} {report['input_shape']}, comm ratio "
+        f"{report['comm_ratio']}, float32 payload, preset {report['preset']}",
+        f"training: {dense}, then per variant {steps['prune']} prune + {steps['finetune']} "
+        f"fine-tune steps of {steps['batch_size']} images (every variant: {steps['total']} "
+        f"steps, {steps['images']:,} images); {recipe['optimizer']}, peak lr "
+        f"{recipe['learning_rate']:g}, warmup {recipe['warmup_steps']} steps, cosine over "
+        "the whole run",
+        f"  {'top-1 %':22} {'test (' + str(report['test_images']) + ')':>12} "
+        f"{'at budget (' + str(at_budget['images']) + ')':>18}",
+    ]
+    for key, name in (("single", "single device"), ("dense_split", "dense split"),
+                      ("disco", "DISCO (learned)"), ("random_mask", "random masks"),
+                      ("no_comm", "no communication")):
+        budget = "" if key == "single" else pct(at_budget[key])
+        rows.append(f"  {name:22} {pct(quality[key]):>12} {budget:>18}")
+    reduction = report["comm_reduction"]
+    rows += [
+        f"  communication per image   dense split {comm['dense_split']:>13,} B   DISCO "
+        f"{comm['disco']:>12,} B   DISCO from HLO {comm['disco_hlo']:>12,.0f} B   reduction "
+        + ("-" if reduction is None else f"{reduction:.2f}x"),
+        f"  FLOPs per node per image  single {flops['single']:>14,}   dense split "
+        f"{flops['dense_split']:>14,}   DISCO {flops['disco']:>14,} "
+        f"({flops['disco'] / flops['single']:.2f} of single; XLA {flops['disco_hlo']:,.0f})",
+        f"  weights per node          single {params['single']:>14,}   dense split "
+        f"{params['dense_split']:>14,}   DISCO {params['disco']:>14,} "
+        f"({params['disco'] / params['single']:.2f} of single)",
+        f"  DISCO on a {report['nodes']}-device mesh over {dist['images']} test images: top-1 "
+        f"{100 * dist['top1']:.2f} (single-device reference {100 * dist['reference_top1']:.2f}),"
+        f" {dist['prediction_mismatches']} predictions differ "
+        f"({dist['mismatches_that_are_ties']} float ties), max |logit diff| "
+        f"{report['max_abs_diff_vs_reference']:.2e} (max |logit| {dist['max_abs_reference']:.2f})",
+    ]
+    if report["sweep"]:
+        rows.append("  sweep (learned masks, same steps): " + ", ".join(
+            f"rho {p['comm_ratio']:g}: {100 * p['top1']:.2f}" for p in report["sweep"]))
+    rows.append(f"{network.targets.title}:")
+    for what, measured, met in targets(report, network.targets):
+        verdict = "not measured" if met is None else ("met" if met else "NOT met")
+        rows.append(f"  {what:58} {measured:>20}   {verdict}")
+    return "\n".join(rows)
+
+
+def verified(report: dict) -> bool:
+    """Distributed == reference (same predictions up to float ties), HLO bytes
+    == plan bytes, no other collective, every variant's plan on its budget."""
+    dist, comm = report["distributed"], report["comm_bytes_per_sample"]
+    return (dist["prediction_mismatches"] == dist["mismatches_that_are_ties"]
+            and report["max_abs_diff_vs_reference"] <= 1e-4 * max(dist["max_abs_reference"], 1.0)
+            and comm["disco_hlo"] == comm["disco"] and not dist["other_collectives"]
+            and all(entry["exact"] for entry in report["bytes_plan_vs_budget"].values()))
+
+
+def main(network: Network, argv=None) -> int:
+    args = parse_args(network, argv)
+    import jax
+
+    import disco_jax as dj  # after argument parsing: --help needs no jax
+    from experiments import plots
+    from experiments.compare import write_report
+
+    dj.ensure_host_devices(args.mesh)
+    try:
+        with jax.numpy_dtype_promotion("standard"):  # optax schedules mix int and float
+            report = run(network, args)
+    except dj.DiscoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    figures = [plots.bytes_per_layer(report, args.out / "bytes_per_layer.png")]
+    if report["sweep"]:
+        figures.append(plots.accuracy_vs_ratio(report, args.out / "accuracy_vs_ratio.png"))
+    report["plots"] = [str(path) for path in figures]
+    print(format_report(report, network))
+    ok = verified(report)
+    print(f"distributed == reference, HLO bytes == plan bytes, budgets exact: "
+          f"{'yes' if ok else 'NO'}")
+    print("plots: " + ", ".join(report["plots"]))
+    if args.report:
+        write_report(args.report, report)
+        print(f"report written to {args.report}")
+    return 0 if ok else 1

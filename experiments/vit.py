@@ -1,0 +1,81 @@
+"""DISCO on a Vision Transformer end to end, with the same table as ResNet-50.
+
+    python -m experiments.vit --mesh 2                       # default run, ~35 min on 2 CPU cores
+    python -m experiments.vit --mesh 2 --report reports/vit_n2.json \\
+        --sweep 0,0.05,0.1,0.2,0.5,1                          # + accuracy against comm ratio
+    python -m experiments.vit --quick --mesh 4               # a few steps: smoke test
+
+The pipeline (train the dense model, the variants from it, the plan, the
+mesh, the report) is :mod:`experiments.pipeline`; this module is its network:
+a ViT (:class:`disco_jax.models.ViT`: patch embedding on the replicated
+input, attention split by heads, DISCO Q/K/V, output and MLP layers,
+LayerNorm statistics by ``psum``) and its targets (>= 4x less communication,
+LayerNorm statistics included; DISCO within 1.5 points of the dense split and
+above random masks).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from experiments import pipeline
+
+RECIPE = dict(optimizer="adamw", learning_rate=1e-3, warmup_steps=50, weight_decay=0.05)
+"""AdamW with the weight decay transformers are usually trained with."""
+
+ARCHITECTURE = dict(patch=4, dim=64, depth=6, heads=4, mlp_ratio=4, pool="mean")
+"""28 px -> 7 x 7 = 49 tokens of width 64; 4 heads (2 per node at N = 2)."""
+
+PRESETS = {
+    # ~35 min on the 2-core CPU machine; every variant sees the same steps
+    "default": dict(image_size=28, **ARCHITECTURE, pretrain_steps=600, prune_steps=200,
+                    finetune_steps=800, batch_size=64, test_images=10000, eval_images=2000,
+                    importance="saliency", **RECIPE),
+    "full": dict(image_size=28, **ARCHITECTURE | {"dim": 128, "heads": 8}, pretrain_steps=6000,
+                 prune_steps=1500, finetune_steps=2500, batch_size=128, test_images=10000,
+                 eval_images=10000, importance="saliency", **RECIPE | {"warmup_steps": 500}),
+    "quick": dict(image_size=28, **ARCHITECTURE | {"dim": 16, "depth": 1}, pretrain_steps=3,
+                  prune_steps=3, finetune_steps=2, batch_size=16, test_images=128,
+                  eval_images=128, importance="saliency", **RECIPE),
+}
+
+
+def build_model(settings: dict, dataset):
+    """The (untrained) ViT a run with ``settings`` (its ``settings.json``)
+    trains, for ``dataset``'s images and classes."""
+    from flax import nnx
+
+    from disco_jax.models import ViT
+
+    return ViT(image_size=settings["image_size"], patch=settings["patch"], dim=settings["dim"],
+               depth=settings["depth"], heads=settings["heads"],
+               mlp_ratio=settings["mlp_ratio"], pool=settings["pool"],
+               classes=dataset.classes, nodes=settings["nodes"],
+               in_channels=dataset.image_shape[-1], rngs=nnx.Rngs(settings["seed"]))
+
+
+NETWORK = pipeline.Network(
+    program="experiments.vit", models=("vit",), presets=PRESETS, build=build_model,
+    architecture=tuple(ARCHITECTURE),
+    describe=lambda r: (f"patch {r['patch']}, width {r['dim']}, depth {r['depth']}, "
+                        f"{r['heads']} heads, MLP x{r['mlp_ratio']}, {r['pool']} pooling"),
+    targets=pipeline.Targets(comm_reduction=4.0, gap=1.5),
+    doc=__doc__,
+    choices={"optimizer": ("sgd", "adamw"), "pool": ("mean", "cls"),
+             "importance": pipeline.IMPORTANCES},
+    helps={"importance": "how learned masks rank channels: saliency (weight norm x the RMS "
+                         "of the channel's values, default) or weight_norm"})
+
+
+def parse_args(argv=None):
+    return pipeline.parse_args(NETWORK, argv)
+
+
+def main(argv=None) -> int:
+    return pipeline.main(NETWORK, argv)
+
+
+verified = pipeline.verified
+
+if __name__ == "__main__":
+    sys.exit(main())
