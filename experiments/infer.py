@@ -4,9 +4,9 @@
     python -m disco_jax.launch --nodes 2 -- experiments.infer --run runs/resnet50-n2 \\
         --predictions processes.npz
 
-``--run`` is the ``--out`` folder of ``python -m experiments.resnet50``: its
-``settings.json`` rebuilds the network, ``learned/finetune`` holds the DISCO
-checkpoint and ``plan/`` the frozen plan. The model runs as
+``--run`` is the ``--out`` folder of ``python -m experiments.resnet50`` (or
+``experiments.vit``): its ``settings.json`` rebuilds the network,
+``learned/finetune`` holds the DISCO checkpoint and ``plan/`` the frozen plan. The model runs as
 :class:`disco_jax.DistributedModel` (``jit(shard_map(...))``) over the first
 ``--images`` test images. In one process the mesh is N emulated devices; under
 :mod:`disco_jax.launch` it is one device per process and jax's runtime
@@ -30,7 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m experiments.infer",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True,
-                        help="the --out folder of a python -m experiments.resnet50 run")
+                        help="the --out folder of a python -m experiments.resnet50 (or "
+                             "experiments.vit) run")
     parser.add_argument("--variant", choices=VARIANTS, default="learned",
                         help="which trained variant (default learned = DISCO)")
     parser.add_argument("--images", type=int, default=10000, help="test images (default all)")

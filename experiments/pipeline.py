@@ -404,7 +404,7 @@ def targets(report: dict, goals: Targets) -> list[tuple[str, str, bool | None]]:
                      params["disco"] / params["single"] <= goals.params))
     if quality["random_mask"] is not None:
         gap = 100 * (quality["dense_split"] - quality["disco"])
-        rows.append((f"DISCO top-1 within {goals.gap:g} point of the dense split",
+        rows.append((f"DISCO top-1 within {goals.gap:.1f} point of the dense split",
                      f"{abs(gap):.2f} points {'below' if gap > 0 else 'above'}",
                      gap <= goals.gap))
         lead = 100 * (quality["disco"] - quality["random_mask"])
