@@ -14,9 +14,12 @@ formula, and it is what XLA's cost analysis counts, so the two can be checked
 against each other. A strided 1 x 1 conv reads (and sends) only the pixels it
 uses, P = H_out * W_out, in DISCO and in the dense split alike.
 
-The measured side reads the compiled executable: bytes of its
-``collective-permute`` ops (:func:`hlo_permute_bytes`) and FLOPs from
-``cost_analysis()`` (:func:`hlo_flops`).
+Parts other than DISCO layers (LayerNorm statistics, attention, per-channel
+parameters; :mod:`disco_jax.transformer`) add their own costs through a
+``costs`` method. The measured side reads the compiled executable: bytes of
+its ``collective-permute`` ops (:func:`hlo_permute_bytes`) and of its
+``all-reduce`` ops (LayerNorm statistics; :func:`hlo_comm_bytes` counts both)
+and FLOPs from ``cost_analysis()`` (:func:`hlo_flops`).
 """
 
 from __future__ import annotations
