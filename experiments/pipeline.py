@@ -43,6 +43,10 @@ from experiments.compare import RECIPE
 IMPORTANCES = ("weight_norm", "saliency")
 """How the learned masks rank channels (:class:`disco_jax.sparsify.GradualPruning`)."""
 
+SHARED_CHOICES = {"optimizer": ("sgd", "adamw"), "importance": IMPORTANCES}
+"""Allowed values of the settings every experiment has (``--help`` needs no jax,
+so the optimisers are spelled here, not read from :mod:`disco_jax.train`)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Targets:
@@ -67,7 +71,8 @@ class Network:
       models: the ``--model`` choices, the default first.
       presets: ``default``, ``full`` and ``quick`` settings; each one is also
         a command-line option (``--width``), and decides the trained weights.
-      choices: allowed values of settings that take a few.
+      choices: allowed values of the network's own settings that take a few
+        (beside :data:`SHARED_CHOICES`).
       helps: help texts of settings that need more than their default.
       build: ``(settings, dataset) -> model``: the untrained network of a run.
       architecture: the settings the report repeats next to ``model``.
@@ -92,6 +97,14 @@ class Network:
     @property
     def settings(self) -> tuple[str, ...]:
         return tuple(self.presets["default"])
+
+    def parse_args(self, argv=None) -> argparse.Namespace:
+        """The experiment's command line (:func:`parse_args`)."""
+        return parse_args(self, argv)
+
+    def main(self, argv=None) -> int:
+        """The experiment's entry point (:func:`main`)."""
+        return main(self, argv)
 
 
 def network_of(model: str) -> Network:
@@ -128,7 +141,7 @@ def parse_args(network: Network, argv=None) -> argparse.Namespace:
                         help="a few steps of a narrow net (the 'quick' preset), under 3 minutes")
     for name, value in network.presets["default"].items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value),
-                            choices=network.choices.get(name),
+                            choices=(SHARED_CHOICES | network.choices).get(name),
                             help=network.helps.get(
                                 name, f"overrides the preset's {name} ({value!r} by default)"))
     parser.add_argument("--lasso", type=float, default=1e-2)

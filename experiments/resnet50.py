@@ -57,22 +57,12 @@ NETWORK = pipeline.Network(
     targets=pipeline.Targets(comm_reduction=5.0, gap=1.0, flops=0.6, params=0.5,
                              title="paper's targets for this run"),
     doc=__doc__,
-    choices={"optimizer": ("sgd", "adamw"), "stem": ("imagenet", "small"),
-             "importance": pipeline.IMPORTANCES},
+    choices={"stem": ("imagenet", "small")},
     helps={"stem": "imagenet: 7x7/2 conv + max-pool (standard, default); small: 3x3/1 conv "
                    "(16x more work in the first stage at 28-32 px)"},
     recipe={"zero_init_residual": True})
 
-
-def parse_args(argv=None):
-    return pipeline.parse_args(NETWORK, argv)
-
-
-def main(argv=None) -> int:
-    return pipeline.main(NETWORK, argv)
-
-
-verified = pipeline.verified
+parse_args, main, verified = NETWORK.parse_args, NETWORK.main, pipeline.verified
 
 if __name__ == "__main__":
     sys.exit(main())

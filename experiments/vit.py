@@ -61,21 +61,11 @@ NETWORK = pipeline.Network(
                         f"{r['heads']} heads, MLP x{r['mlp_ratio']}, {r['pool']} pooling"),
     targets=pipeline.Targets(comm_reduction=4.0, gap=1.5),
     doc=__doc__,
-    choices={"optimizer": ("sgd", "adamw"), "pool": ("mean", "cls"),
-             "importance": pipeline.IMPORTANCES},
+    choices={"pool": ("mean", "cls")},
     helps={"importance": "how learned masks rank channels: saliency (weight norm x the RMS "
                          "of the channel's values, default) or weight_norm"})
 
-
-def parse_args(argv=None):
-    return pipeline.parse_args(NETWORK, argv)
-
-
-def main(argv=None) -> int:
-    return pipeline.main(NETWORK, argv)
-
-
-verified = pipeline.verified
+parse_args, main, verified = NETWORK.parse_args, NETWORK.main, pipeline.verified
 
 if __name__ == "__main__":
     sys.exit(main())
