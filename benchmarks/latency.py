@@ -118,13 +118,6 @@ def run(args) -> dict:
             programs[variant, batch] = (compiled, inputs, {
                 "messages": len(re.findall(r"collective-permute(?:-start)?\(", hlo)),
                 "hlo_bytes": dj.hlo_permute_bytes(hlo)})
-    single = {}
-    if lead:  # the whole network on this node's device and core
-        forward = nnx.jit(lambda m, x: m(x))
-        for batch in args.batches:
-            x = jax.device_put(jnp.zeros((batch, *shape), jnp.float32), jax.local_devices()[0])
-            single[batch] = _timed(lambda x=x: forward(model, x).block_until_ready(),
-                                   args.repeats)
     links = []
     for rate in args.rates:
         if args.shape_link and lead:
@@ -143,6 +136,15 @@ def run(args) -> dict:
                                                for k, v in entry["results"].items()), flush=True)
     if args.shape_link and lead:
         shape_loopback("unlimited")
+    single = {}
+    # the whole network on node 0's device and core, after the last collective: the
+    # other node never waits on it (jax's gloo gives a first meeting only 30 s)
+    if lead:
+        forward = nnx.jit(lambda m, x: m(x))
+        for batch in args.batches:
+            x = jax.device_put(jnp.zeros((batch, *shape), jnp.float32), jax.local_devices()[0])
+            single[batch] = _timed(lambda x=x: forward(model, x).block_until_ready(),
+                                   args.repeats)
     return {
         "model": args.model, "nodes": nodes, "processes": jax.process_count(),
         "input_shape": list(shape), "classes": args.classes, "comm_ratio": args.comm_ratio,

@@ -54,8 +54,8 @@ class Schedule:
       warmup_steps: linear warmup at the start of each phase (or of the run).
       weight_decay: the optimiser's weight decay.
       importance: how the learned and no-comm variants rank channels
-        (:data:`disco_jax.sparsify.IMPORTANCES`: ``"weight_norm"`` or
-        ``"saliency"``).
+        (:data:`disco_jax.sparsify.IMPORTANCES`: ``"weight_norm"``,
+        ``"saliency"`` or ``"fisher"``).
     """
 
     prune_steps: int

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from experiments.compare import RECIPE
 
-IMPORTANCES = ("weight_norm", "saliency")
+IMPORTANCES = ("weight_norm", "saliency", "fisher")
 """How the learned masks rank channels (:class:`disco_jax.sparsify.GradualPruning`)."""
 
 SHARED_CHOICES = {"optimizer": ("sgd", "adamw"), "importance": IMPORTANCES}

@@ -63,7 +63,8 @@ NETWORK = pipeline.Network(
     doc=__doc__,
     choices={"pool": ("mean", "cls")},
     helps={"importance": "how learned masks rank channels: saliency (weight norm x the RMS "
-                         "of the channel's values, default) or weight_norm"})
+                         "of the channel's values, default), fisher (the Fisher information "
+                         "of the channel's mask entry) or weight_norm"})
 
 parse_args, main, verified = NETWORK.parse_args, NETWORK.main, pipeline.verified
 

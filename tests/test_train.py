@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from helpers import TinyNet
@@ -83,7 +84,8 @@ def test_runs_with_the_same_settings_compile_the_train_step_once(monkeypatch):
 
 
 @pytest.mark.parametrize("nodes,importance", [(2, "weight_norm"), (4, "weight_norm"),
-                                               (2, "saliency"), (2, "random")])
+                                               (2, "saliency"), (2, "fisher"),
+                                               (2, "random")])
 def test_gradual_pruning_ends_with_exact_budgets_and_a_matching_plan(nodes, importance):
     model = fresh_model(nodes)
     method = sparsify.GradualPruning(comm_ratio=0.25, start=5, end=20, interval=5,
@@ -335,3 +337,41 @@ def test_saliency_ranks_channels_by_weight_norm_times_input_rms():
     assert any(not np.array_equal(expected[n], by_norm[n]) for n in layers)  # rms matters
     with pytest.raises(dj.ConfigError, match="images="):
         sparsify.GradualPruning(0.25, start=0, end=0, importance="saliency").update(model, 0)
+
+
+def test_fisher_ranks_channels_by_the_mean_squared_per_sample_mask_gradient():
+    model = fresh_model(2)
+    data = toy_data()
+    images, labels = data.images[:6], data.labels[:6]
+    fisher = sparsify.mask_fisher(model, images, labels)
+    layers = {name: layer for name, layer in dj.disco_layers(model).items()
+              if layer.spec.split_input}
+    assert set(fisher) == set(layers)
+
+    def sample_loss(copy, image, label):
+        logits = copy(image[None])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, label[None]).sum()
+
+    squares = {name: 0.0 for name in layers}
+    for image, label in zip(images, labels, strict=True):  # one sample at a time
+        copy = nnx.clone(model)
+        copy.eval()
+        grads = nnx.grad(sample_loss, argnums=nnx.DiffState(0, dj.layers.CommMask))(
+            copy, image, label)
+        nnx.update(copy, grads)  # the gradients in the masks' places
+        for name, layer in dj.disco_layers(copy).items():
+            if name in layers:
+                squares[name] = squares[name] + np.asarray(layer.mask[...]) ** 2
+    expected = {}
+    for name, layer in layers.items():
+        np.testing.assert_allclose(fisher[name], squares[name] / len(images), rtol=1e-4,
+                                   atol=1e-12)
+        assert float(np.max(fisher[name][0, 1])) > 0  # off-diagonal entries carry information
+        expected[name] = dj.topk_mask(fisher[name], dj.k_for_ratio(0.25, layer.spec.group_in))
+    sparsify.GradualPruning(0.25, start=0, end=0, lasso=0.0, importance="fisher").update(
+        model, 0, images=images, labels=labels)
+    for name, layer in layers.items():
+        np.testing.assert_array_equal(layer.mask[...], expected[name])
+    with pytest.raises(dj.ConfigError, match="labels="):
+        sparsify.GradualPruning(0.25, start=0, end=0, importance="fisher").update(
+            model, 0, images=images)

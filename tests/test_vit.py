@@ -1,24 +1,32 @@
-"""`python -m experiments.vit` end to end on its --quick settings."""
+"""`python -m experiments.vit` end to end on its --quick settings, and
+`python -m experiments.rankings` on that run."""
 
 import json
 
 import pytest
 
 from disco_jax.data import FASHION_MNIST_DIR
-from experiments import vit
+from experiments import rankings, vit
 
 pytestmark = pytest.mark.skipif(
     not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
     reason="apt-get install dataset-fashion-mnist (CI installs it)")
 
 
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """A --quick run on 2 nodes: its folder and its report."""
+    folder = tmp_path_factory.mktemp("vit")
+    code = vit.main(["--quick", "--mesh", "2", "--out", str(folder / "run"),
+                     "--report", str(folder / "report.json")])
+    assert code == 0
+    return folder / "run", json.loads((folder / "report.json").read_text())
+
+
 @pytest.mark.slow
-def test_quick_run_passes_its_checks_and_counts_the_layer_norms(tmp_path):
-    report_path = tmp_path / "report.json"
-    code = vit.main(["--quick", "--mesh", "2", "--out", str(tmp_path / "run"),
-                     "--report", str(report_path)])
-    report = json.loads(report_path.read_text())
-    assert code == 0 and vit.verified(report)
+def test_quick_run_passes_its_checks_and_counts_the_layer_norms(quick_run):
+    run, report = quick_run
+    assert vit.verified(report)
     assert report["model"] == "vit" and report["heads"] == 4 and report["pool"] == "mean"
     comm = report["comm_bytes_per_sample"]
     assert comm["disco_hlo"] == comm["disco"] > 0
@@ -28,7 +36,37 @@ def test_quick_run_passes_its_checks_and_counts_the_layer_norms(tmp_path):
     assert norms[0]["disco"]["comm_bytes"] == 2 * 1 * 2 * tokens * 4  # N(N-1) x 2 per token
     assert report["distributed"]["other_collectives"] == []
     assert report["distributed"]["prediction_mismatches"] == 0
-    assert (tmp_path / "run" / "plan" / "plan.json").is_file()
+    assert (run / "plan" / "plan.json").is_file()
+
+
+@pytest.mark.slow
+def test_rankings_retrain_the_runs_variants_and_pair_them_by_seed(quick_run, tmp_path, capsys):
+    run, report = quick_run
+    path = tmp_path / "rankings.json"
+    assert rankings.main(["--run", str(run), "--seeds", "0,1", "--importances",
+                          "fisher,saliency", "--report", str(path)]) == 0
+    result = json.loads(path.read_text())
+    trained = result["trained"]
+    # seed 0 is the run's seed and saliency its ranking: the run's own variants again
+    assert trained["saliency"]["test"]["values"][0] == report["quality"]["disco"]
+    assert trained["random"]["test"]["values"][0] == report["quality"]["random_mask"]
+    assert trained["saliency"]["at_budget"]["values"][0] == report["quality_at_budget"]["disco"]
+    for name in ("fisher", "saliency"):
+        pairs = result["learned_minus_random"][name]["test"]["values"]
+        assert pairs == pytest.approx([a - b for a, b in zip(
+            trained[name]["test"]["values"], trained["random"]["test"]["values"], strict=True)])
+    assert set(result["one_shot"]) == {"dense", "weight_norm", "saliency", "fisher", "random"}
+    assert len(result["one_shot"]["random"]["values"]) == 2
+    assert "fisher - random" in capsys.readouterr().out
+
+
+def test_rankings_refuse_a_folder_without_a_run_and_unknown_rankings(tmp_path, capsys):
+    assert rankings.main(["--run", str(tmp_path)]) == 2
+    assert "holds no run with a dense checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        rankings.main(["--run", str(tmp_path), "--importances", "magic"])
+    assert exit_.value.code == 2
+    assert "--importances must be among" in capsys.readouterr().err
 
 
 def test_heads_that_do_not_divide_over_the_nodes_are_refused(tmp_path, capsys):

@@ -8,8 +8,8 @@ method does:
   inside the jitted train step (``step`` is an array), or None. It is a
   hashable value (such as :class:`GroupLasso`), so that methods with the same
   loss term share one compiled train step;
-- ``update(model, step, images=None)``: called between steps (outside jit)
-  with the images of the step about to run, to set the layers'
+- ``update(model, step, images=None, labels=None)``: called between steps
+  (outside jit) with the batch of the step about to run, to set the layers'
   :class:`~disco_jax.layers.CommMask` values.
 
 Every method ends, at step ``end``, with an exact mask (k channels for every
@@ -24,6 +24,11 @@ masks fixed.
   ``importance="saliency"`` a channel's weight norm is multiplied by the RMS
   of what it carries (measured on the step's images), so that a small weight
   on a loud channel is not taken for an unimportant one. With
+  ``importance="fisher"`` a channel's score is the Fisher information of its
+  mask entry on the step's images and labels (the mean over samples of the
+  squared gradient of the loss with respect to ``m[i, j, c]``): to second
+  order, how much the loss grows when receiver i stops reading the channel,
+  whatever the layers after it do with it. With
   ``importance="random"`` (and no lasso) the same schedule drops channels in
   a random order: the method with chance in place of learning, the fair
   baseline for it.
@@ -42,13 +47,14 @@ from typing import Literal, Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from disco_jax.errors import ConfigError
-from disco_jax.layers import _DiscoLinear, disco_layers, record_inputs
+from disco_jax.layers import CommMask, _DiscoLinear, disco_layers, record_inputs
 from disco_jax.masks import block_diagonal_mask, dense_mask, k_for_ratio, random_mask, topk_mask
 
-IMPORTANCES = ("weight_norm", "saliency", "random")
+IMPORTANCES = ("weight_norm", "saliency", "fisher", "random")
 """How :class:`GradualPruning` ranks the channels it may drop."""
 
 
@@ -61,7 +67,8 @@ class MaskMethod(Protocol):
     @property
     def penalty(self) -> Callable[[nnx.Module, jax.Array], jax.Array] | None: ...
 
-    def update(self, model: nnx.Module, step: int, images: jax.Array | None = None) -> None: ...
+    def update(self, model: nnx.Module, step: int, images: jax.Array | None = None,
+               labels: jax.Array | None = None) -> None: ...
 
 
 def _split_layers(model: nnx.Module) -> dict[str, _DiscoLinear]:
@@ -101,6 +108,37 @@ def input_rms(model: nnx.Module, images: jax.Array) -> dict[str, jax.Array]:
     in training form."""
     graphdef, state = nnx.split(model)
     return _rms_fn(graphdef)(state, jnp.asarray(images))
+
+
+@functools.lru_cache(maxsize=16)
+def _fisher_fn(graphdef):
+    def sample_loss(masks, rest, image, label):
+        model = nnx.merge(graphdef, masks, rest)  # a copy, in inference mode (BatchNorm's averages)
+        model.eval()
+        logits = model(image[None])
+        classes = getattr(model, "num_classes", logits.shape[-1])
+        return optax.softmax_cross_entropy_with_integer_labels(logits[:, :classes],
+                                                               label[None]).sum()
+
+    per_sample = jax.vmap(jax.grad(sample_loss), in_axes=(None, None, 0, 0))
+
+    def run(masks, rest, images, labels):
+        grads = per_sample(masks, rest, images, labels)
+        return jax.tree.map(lambda g: jnp.mean(jnp.square(g), axis=0), grads)
+
+    return jax.jit(run)
+
+
+def mask_fisher(model: nnx.Module, images: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    """``f32[N, N, C_in/N]`` per masked DISCO layer (by name): the empirical
+    Fisher information of each mask entry, the mean over ``images`` of the
+    squared per-sample gradient of the cross-entropy with respect to
+    ``m[i, j, c]`` (the model in inference mode)."""
+    graphdef, masks, rest = nnx.split(model, CommMask, ...)
+    fisher = _fisher_fn(graphdef)(masks, rest, jnp.asarray(images), jnp.asarray(labels))
+    # the model's structure with the Fisher values in place of the masks names them
+    holder = nnx.merge(graphdef, fisher, rest)
+    return {name: layer.mask[...] for name, layer in _split_layers(holder).items()}
 
 
 def _layer_key(seed: int, index: int) -> jax.Array:
@@ -156,7 +194,9 @@ class GradualPruning:
       importance: ``"weight_norm"`` (learned: the channels whose weights the
         lasso and the loss left smallest go first), ``"saliency"`` (learned:
         weight norm x the RMS of the channel's values on the step's images;
-        needs ``images`` in :meth:`update`) or ``"random"`` (a random order
+        needs ``images`` in :meth:`update`), ``"fisher"`` (learned: the Fisher
+        information of the channel's mask entry, :func:`mask_fisher`; needs
+        ``images`` and ``labels``) or ``"random"`` (a random order
         per layer, fixed by ``seed``).
       seed: seeds the random order.
     """
@@ -166,7 +206,7 @@ class GradualPruning:
     end: int
     interval: int = 10
     lasso: float = 1e-2
-    importance: Literal["weight_norm", "saliency", "random"] = "weight_norm"
+    importance: Literal["weight_norm", "saliency", "fisher", "random"] = "weight_norm"
     seed: int = 0
 
     def __post_init__(self):
@@ -192,20 +232,25 @@ class GradualPruning:
     def penalty(self) -> GroupLasso | None:
         return GroupLasso(self.lasso, self.start, self.end) if self.lasso > 0 else None
 
-    def update(self, model: nnx.Module, step: int, images: jax.Array | None = None) -> None:
+    def update(self, model: nnx.Module, step: int, images: jax.Array | None = None,
+               labels: jax.Array | None = None) -> None:
         due = step == self.end or (self.start <= step < self.end
                                    and (step - self.start) % self.interval == 0)
         if not due:
             return
-        rms = None
-        if self.importance == "saliency":
-            if images is None:
-                raise ConfigError("GradualPruning(importance='saliency') measures channels on "
-                                  "the training images: call update(model, step, images=...)")
-            rms = input_rms(model, images)
+        needs = {"saliency": ("images",), "fisher": ("images", "labels")}.get(self.importance, ())
+        given = {"images": images, "labels": labels}
+        if any(given[what] is None for what in needs):
+            raise ConfigError(f"GradualPruning(importance={self.importance!r}) measures channels "
+                              f"on the training batch: call update(model, step, "
+                              f"{', '.join(f'{what}=...' for what in needs)})")
+        rms = input_rms(model, images) if self.importance == "saliency" else None
+        fisher = mask_fisher(model, images, labels) if self.importance == "fisher" else None
         for index, (name, layer) in enumerate(_split_layers(model).items()):
             if self.importance == "random":
                 scores = jax.random.uniform(_layer_key(self.seed, index), layer.mask[...].shape)
+            elif fisher is not None:
+                scores = fisher[name]
             else:
                 scores = channel_norms(layer)
             if rms is not None:  # sender j's channel c: [1, N, C_in/N]
@@ -247,7 +292,8 @@ class FixedMask:
     def penalty(self) -> None:
         return None
 
-    def update(self, model: nnx.Module, step: int, images: jax.Array | None = None) -> None:
+    def update(self, model: nnx.Module, step: int, images: jax.Array | None = None,
+               labels: jax.Array | None = None) -> None:
         if step != self.start:
             return
         for index, layer in enumerate(_split_layers(model).values()):

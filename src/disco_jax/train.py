@@ -322,11 +322,10 @@ def train(model: nnx.Module, train_split: Split, classes: int, config: TrainConf
         if stop_after is not None and step >= stop_after:
             break
         index = batch_indices(len(train_split), config.batch_size, step, config.seed)
-        images = train_split.images[index]
+        images, labels = train_split.images[index], train_split.labels[index]
         if method is not None:
-            method.update(model, step, images=images)
-        loss, accuracy = step_fn(model, state, images, train_split.labels[index],
-                                 jnp.asarray(step))
+            method.update(model, step, images=images, labels=labels)
+        loss, accuracy = step_fn(model, state, images, labels, jnp.asarray(step))
         if progress and (step % 10 == 0 or step == end - 1):
             bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{float(accuracy):.3f}")
         done = step + 1
@@ -336,7 +335,8 @@ def train(model: nnx.Module, train_split: Split, classes: int, config: TrainConf
     if method is not None and last == end:
         # the masks a next step would use (exact if steps >= end), on that step's images
         index = batch_indices(len(train_split), config.batch_size, last, config.seed)
-        method.update(model, last, images=train_split.images[index])
+        method.update(model, last, images=train_split.images[index],
+                      labels=train_split.labels[index])
     if manager is not None:
         manager.wait_until_finished()
         manager.close()
