@@ -23,6 +23,7 @@ With the run's own seed the variants are the run's own (same top-1).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -50,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
-    args.importances = args.importances.split(",")
+    args.importances = list(dict.fromkeys(args.importances.split(",")))
     unknown = [i for i in args.importances if i not in IMPORTANCES]
     if unknown or not args.seeds:
         parser.error(f"--importances must be among {', '.join(IMPORTANCES)} (got "
@@ -125,18 +126,17 @@ def run(args) -> dict:
               + ", ".join(f"{k} {v if isinstance(v, float) else v['mean']:.4f}"
                           for k, v in shot.items()), flush=True)
 
+        base = Schedule(settings["prune_steps"], settings["finetune_steps"],
+                        settings["batch_size"], learning_rate=settings["learning_rate"],
+                        lasso=settings["lasso"], optimizer=settings["optimizer"],
+                        warmup_steps=settings["warmup_steps"],
+                        weight_decay=settings["weight_decay"], importance=settings["importance"])
         trained = {name: {"at_budget": [], "test": []} for name in args.importances + ["random"]}
         for seed in args.seeds:
             for importance in args.importances + ["random"]:
-                schedule = Schedule(settings["prune_steps"], settings["finetune_steps"],
-                                    settings["batch_size"],
-                                    learning_rate=settings["learning_rate"],
-                                    lasso=settings["lasso"], optimizer=settings["optimizer"],
-                                    warmup_steps=settings["warmup_steps"],
-                                    weight_decay=settings["weight_decay"],
-                                    # the random variant ignores the importance
-                                    importance=importance if importance != "random" else
-                                    settings["importance"])
+                # the random variant ignores the importance
+                schedule = (base if importance == "random"
+                            else dataclasses.replace(base, importance=importance))
                 variant = "random" if importance == "random" else "learned"
                 model, at_budget, _ = train_variant(
                     dense, variant, ratio, schedule, seed, dataset.train,
