@@ -72,6 +72,12 @@ class Schedule:
     def steps(self) -> int:
         return self.prune_steps + self.finetune_steps
 
+    @classmethod
+    def of(cls, settings) -> Schedule:
+        """The schedule of a run's ``settings`` (its ``settings.json``, or its
+        command line's ``vars(args)``: the same names)."""
+        return cls(**{field.name: settings[field.name] for field in dataclasses.fields(cls)})
+
 
 def comm_ratio_of(variant: str, comm_ratio: float) -> float:
     """The rho a variant's plan ends with."""

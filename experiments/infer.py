@@ -51,19 +51,12 @@ def load_run(run: Path, variant: str = "learned"):
       ConfigError: ``run`` is not a finished run folder.
     """
     import disco_jax as dj
-    from disco_jax import data
     from disco_jax.train import restore_model
-    from experiments.pipeline import build_model
+    from experiments.pipeline import open_run
 
-    record, checkpoint = run / "settings.json", run / variant / "finetune"
-    if not record.is_file() or not checkpoint.is_dir():
-        raise dj.ConfigError(
-            f"{run} holds no finished run ({record if not record.is_file() else checkpoint} is "
-            f"missing); make one with python -m experiments.resnet50 --out {run}")
-    settings = json.loads(record.read_text())
-    dataset = data.load(settings["dataset"], image_size=settings["image_size"])
-    model = build_model(settings, dataset)
-    restore_model(model, checkpoint)
+    checkpoint = f"{variant}/finetune"
+    settings, dataset, model = open_run(run, checkpoint, "finished run", "experiments.resnet50")
+    restore_model(model, run / checkpoint)
     plan_dir = run / "plan"
     plan = (dj.load_plan(plan_dir, model) if variant == "learned" and plan_dir.is_dir()
             else dj.compile_plan(model))

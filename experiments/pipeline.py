@@ -124,6 +124,28 @@ def build_model(settings: dict, dataset):
     return network_of(settings["model"]).build(settings, dataset)
 
 
+def open_run(run: Path, checkpoint: str, holds: str, program: str):
+    """The saved run in folder ``run``: its settings (``settings.json``), its
+    dataset and its (untrained) network, after checking that the run has the
+    checkpoint folder ``checkpoint``.
+
+    Raises:
+      ConfigError: ``{run} holds no {holds} (... is missing)``, naming
+        ``program`` as the way to make one.
+    """
+    from disco_jax import data
+    from disco_jax.errors import ConfigError
+
+    record, folder = run / "settings.json", run / checkpoint
+    if not record.is_file() or not folder.is_dir():
+        missing = record if not record.is_file() else folder
+        raise ConfigError(f"{run} holds no {holds} ({missing} is missing); make one with "
+                          f"python -m {program} --out {run}")
+    settings = json.loads(record.read_text())
+    dataset = data.load(settings["dataset"], image_size=settings["image_size"])
+    return settings, dataset, build_model(settings, dataset)
+
+
 def parse_args(network: Network, argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"python -m {network.program}",
                                      description=network.doc.split("\n\n")[0])
@@ -226,10 +248,7 @@ def run(network: Network, args) -> dict:
     mesh = dj.make_mesh(args.mesh)  # too few devices: say so before any training
 
     # 1. the dense model: the first steps of one run that each variant goes on with
-    schedule = Schedule(args.prune_steps, args.finetune_steps, args.batch_size,
-                        learning_rate=args.learning_rate, lasso=args.lasso,
-                        optimizer=args.optimizer, warmup_steps=args.warmup_steps,
-                        weight_decay=args.weight_decay, importance=args.importance)
+    schedule = Schedule.of(vars(args))
     if args.init is not None:
         sparsify.FixedMask("dense_split").update(dense, 0)
         init_step, optimizer = restore_run(dense, args.init, optimizer=args.optimizer)

@@ -66,21 +66,14 @@ def load_dense(run: Path):
     Raises:
       ConfigError: ``run`` holds no dense checkpoint.
     """
-    import disco_jax as dj
-    from disco_jax import data, sparsify
+    from disco_jax import sparsify
     from disco_jax.train import restore_run
-    from experiments.pipeline import build_model
+    from experiments.pipeline import open_run
 
-    record, checkpoint = run / "settings.json", run / "dense"
-    if not record.is_file() or not checkpoint.is_dir():
-        missing = record if not record.is_file() else checkpoint
-        raise dj.ConfigError(f"{run} holds no run with a dense checkpoint ({missing} is "
-                             f"missing); make one with python -m experiments.vit --out {run}")
-    settings = json.loads(record.read_text())
-    dataset = data.load(settings["dataset"], image_size=settings["image_size"])
-    model = build_model(settings, dataset)
+    settings, dataset, model = open_run(run, "dense", "run with a dense checkpoint",
+                                        "experiments.vit")
     sparsify.FixedMask("dense_split").update(model, 0)
-    _, optimizer = restore_run(model, checkpoint, optimizer=settings["optimizer"])
+    _, optimizer = restore_run(model, run / "dense", optimizer=settings["optimizer"])
     return model, optimizer, settings, dataset
 
 
@@ -126,11 +119,7 @@ def run(args) -> dict:
               + ", ".join(f"{k} {v if isinstance(v, float) else v['mean']:.4f}"
                           for k, v in shot.items()), flush=True)
 
-        base = Schedule(settings["prune_steps"], settings["finetune_steps"],
-                        settings["batch_size"], learning_rate=settings["learning_rate"],
-                        lasso=settings["lasso"], optimizer=settings["optimizer"],
-                        warmup_steps=settings["warmup_steps"],
-                        weight_decay=settings["weight_decay"], importance=settings["importance"])
+        base = Schedule.of(settings)
         trained = {name: {"at_budget": [], "test": []} for name in args.importances + ["random"]}
         for seed in args.seeds:
             for importance in args.importances + ["random"]:
