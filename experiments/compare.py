@@ -13,6 +13,14 @@ with the masks fixed.
 - ``no_comm``: the learned schedule down to k = 0 (block-diagonal);
 - ``dense_split``: all channels (rho = 1), trained just as long.
 
+With ``Schedule(prune_steps=0)`` the masks are set at once instead (the same
+rankings, on :data:`CALIBRATION_IMAGES` training images), and with
+``Schedule(refit="lstsq")`` every variant but the dense split then refits the
+weights it keeps by least squares (:mod:`disco_jax.refit`): DISCO after
+training, with no (or a short) fine-tuning. With ``Schedule(basis="principal")``
+the learned variant first rewrites the network into its principal basis
+(:mod:`disco_jax.basis`, transformers), where which channels travel matters.
+
 This module also holds what the experiments' reports share: mean/std over
 seeds, the plan's bytes against the budget's, and writing a report without
 leaving half a file behind.
@@ -32,6 +40,16 @@ VARIANTS = ("learned", "random", "no_comm", "dense_split")
 RECIPE = dict(optimizer="adamw", learning_rate=2e-3, warmup_steps=30, weight_decay=1e-4)
 """The optimiser settings of the ResNet-50 job's one continuing run (AdamW,
 peak learning rate, linear warmup, then cosine decay to 0 over the run)."""
+
+REFITS = ("none", "lstsq")
+"""What happens to the kept weights once the masks reach the budget
+(:attr:`Schedule.refit`)."""
+
+BASES = ("channels", "principal")
+"""The bases the learned variant may choose its channels in (:attr:`Schedule.basis`)."""
+
+CALIBRATION_IMAGES = 512
+"""Training images that masks set at once and the refit are computed on."""
 
 QUALITY_KEYS = {"learned": "disco", "random": "random_mask", "no_comm": "no_comm",
                 "dense_split": "dense_split"}
@@ -56,6 +74,16 @@ class Schedule:
       importance: how the learned and no-comm variants rank channels
         (:data:`disco_jax.sparsify.IMPORTANCES`: ``"weight_norm"``,
         ``"saliency"`` or ``"fisher"``).
+      refit: ``"lstsq"``: once the masks reach the budget, every variant but
+        the dense split refits its kept weights to the dense model's layer
+        outputs (:func:`disco_jax.refit.refit`, on :data:`CALIBRATION_IMAGES`
+        training images); ``"none"``: no refit. With ``prune_steps=0`` the
+        masks are set at once, on the same images.
+      basis: ``"principal"``: the learned variant chooses its channels in the
+        network's principal basis (:func:`disco_jax.basis.principal_basis`,
+        the same function rewritten, on the same images; ViTs only);
+        ``"channels"``: in the network's own channels. The random, no-comm
+        and dense-split variants always keep the network's own channels.
     """
 
     prune_steps: int
@@ -67,6 +95,8 @@ class Schedule:
     warmup_steps: int = 0
     weight_decay: float = 5e-4
     importance: str = "weight_norm"
+    refit: str = "none"
+    basis: str = "channels"
 
     @property
     def steps(self) -> int:
@@ -75,8 +105,10 @@ class Schedule:
     @classmethod
     def of(cls, settings) -> Schedule:
         """The schedule of a run's ``settings`` (its ``settings.json``, or its
-        command line's ``vars(args)``: the same names)."""
-        return cls(**{field.name: settings[field.name] for field in dataclasses.fields(cls)})
+        command line's ``vars(args)``: the same names; a name it lacks keeps
+        its default, as in runs made before the name existed)."""
+        return cls(**{field.name: settings[field.name] for field in dataclasses.fields(cls)
+                      if field.name in settings or field.default is dataclasses.MISSING})
 
 
 def comm_ratio_of(variant: str, comm_ratio: float) -> float:
@@ -169,34 +201,48 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
     """
     from flax import nnx
 
+    from disco_jax.basis import principal_basis
+    from disco_jax.refit import refit
     from disco_jax.train import train
 
     def folder(phase):
         return None if checkpoint_dir is None else checkpoint_dir / phase
 
     model = nnx.clone(dense)
-    if optimizer is None:
-        method = mask_method(variant, comm_ratio, schedule, seed)
-        train(model, train_split, classes, run_config(schedule, schedule.prune_steps, seed + 1000),
-              method=method, checkpoint_dir=folder("prune"),
-              description=f"{label}{variant} prune")
-        at_budget = evaluate_fn(model)
-        train(model, train_split, classes,
-              run_config(schedule, schedule.finetune_steps, seed + 2000),
-              checkpoint_dir=folder("finetune"), description=f"{label}{variant} fine-tune")
-        return model, at_budget, evaluate_fn(model) if evaluate_final else None
-
-    start = int(optimizer.step[...])
-    config = run_config(schedule, start + schedule.steps, seed)
+    if schedule.basis == "principal" and variant == "learned":
+        principal_basis(model, calibration(train_split, seed)[0])
+        dense = nnx.clone(model)  # the same function: what the refit reproduces
+    fresh = optimizer is None
+    start = 0 if fresh else int(optimizer.step[...])
     method = mask_method(variant, comm_ratio, schedule, seed, start=start)
-    budget_step = start + schedule.prune_steps
-    phase = train(model, train_split, classes, config, method=method, optimizer=optimizer,
-                  checkpoint_dir=folder("prune"), until=budget_step,
-                  description=f"{label}{variant} prune")
+    if fresh:
+        prune_config = run_config(schedule, schedule.prune_steps, seed + 1000)
+        finetune_config = run_config(schedule, schedule.finetune_steps, seed + 2000)
+    else:
+        prune_config = finetune_config = run_config(schedule, start + schedule.steps, seed)
+    if schedule.prune_steps == 0:  # the masks at once, on the calibration images
+        images, labels = calibration(train_split, seed)
+        method.update(model, start, images=images, labels=labels)
+    else:
+        optimizer = train(model, train_split, classes, prune_config, method=method,
+                          optimizer=optimizer, checkpoint_dir=folder("prune"),
+                          until=start + schedule.prune_steps,
+                          description=f"{label}{variant} prune").optimizer
+    if schedule.refit == "lstsq" and variant != "dense_split":
+        refit(model, dense, calibration(train_split, seed)[0])
     at_budget = evaluate_fn(model)
-    train(model, train_split, classes, config, optimizer=phase.optimizer,
-          checkpoint_dir=folder("finetune"), description=f"{label}{variant} fine-tune")
+    train(model, train_split, classes, finetune_config, optimizer=None if fresh else optimizer,
+          checkpoint_dir=folder("finetune"),
+          description=f"{label}{variant} fine-tune")
     return model, at_budget, evaluate_fn(model) if evaluate_final else None
+
+
+def calibration(train_split, seed: int):
+    """The :data:`CALIBRATION_IMAGES` training images (and labels) of ``seed``
+    that masks set at once and the refit are computed on."""
+    count = min(CALIBRATION_IMAGES, len(train_split))
+    index = np.sort(np.random.default_rng(seed).choice(len(train_split), count, replace=False))
+    return train_split.images[index], train_split.labels[index]
 
 
 def stats(values) -> dict:

@@ -329,7 +329,8 @@ def run(network: Network, args) -> dict:
             "finetune": schedule.finetune_steps, "batch_size": args.batch_size,
             "total": steps, "images": steps * args.batch_size},
         "recipe": {name: getattr(args, name) for name in RECIPE}
-                  | {"lasso": args.lasso, "importance": args.importance}
+                  | {"lasso": args.lasso, "importance": args.importance,
+                     "refit": schedule.refit, "basis": schedule.basis}
                   | network.recipe,
         "comm_bytes_per_sample": {"dense_split": totals["dense_split"].comm_bytes,
                                   "disco": totals["disco"].comm_bytes,
@@ -466,6 +467,14 @@ def format_report(report: dict, network: Network) -> str:
         f"steps, {steps['images']:,} images); {recipe['optimizer']}, peak lr "
         f"{recipe['learning_rate']:g}, warmup {recipe['warmup_steps']} steps, cosine over "
         "the whole run",
+        *([f"masks: learned ones by {recipe['importance']}"
+           + (" in the network's principal basis" if recipe.get("basis") == "principal"
+              else "")
+           + (", set at once" if steps["prune"] == 0 else "")
+           + (", then every variant refits its kept weights by least squares"
+              if recipe.get("refit", "none") != "none" else "")]
+          if recipe.get("refit", "none") != "none" or recipe.get("basis") == "principal"
+          else []),
         f"  {'top-1 %':22} {'test (' + str(report['test_images']) + ')':>12} "
         f"{'at budget (' + str(at_budget['images']) + ')':>18}",
     ]

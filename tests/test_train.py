@@ -248,6 +248,22 @@ def test_adamw_runs_learn_and_resume_exactly(tmp_path):
     np.testing.assert_array_equal(whole(data.images[:8]), loaded(data.images[:8]))
 
 
+def test_a_phase_of_no_steps_leaves_a_checkpoint_of_the_model_at_its_start(tmp_path):
+    """A variant set at once and not retrained is still saved where its phase
+    would have saved it (the experiments' inference loads it from there)."""
+    data = toy_data()
+    config = TrainConfig(steps=6, batch_size=32, checkpoint_every=6)
+    model = fresh_model()
+    first = train(model, data, 4, config, until=6, progress=False)
+    model.head.kernel[...] = model.head.kernel[...] * 2  # changed between the phases
+    second = train(model, data, 4, config, optimizer=first.optimizer, progress=False,
+                   checkpoint_dir=tmp_path)
+    assert second.steps == 0
+    loaded = fresh_model(seed=1)
+    assert restore_model(loaded, tmp_path) == 6
+    np.testing.assert_array_equal(loaded.head.kernel[...], model.head.kernel[...])
+
+
 def test_a_run_in_phases_ends_where_an_uninterrupted_run_does(tmp_path):
     """``until`` ends a phase; ``optimizer=`` goes on from it on the same schedule,
     in memory or from the phase's checkpoint (restore_run)."""

@@ -47,10 +47,11 @@ def test_rankings_retrain_the_runs_variants_and_pair_them_by_seed(quick_run, tmp
                           "fisher,saliency", "--report", str(path)]) == 0
     result = json.loads(path.read_text())
     trained = result["trained"]
-    # seed 0 is the run's seed and saliency its ranking: the run's own variants again
-    assert trained["saliency"]["test"]["values"][0] == report["quality"]["disco"]
+    # seed 0 is the run's seed and fisher its ranking: the run's own variants again
+    assert report["recipe"]["importance"] == "fisher"
+    assert trained["fisher"]["test"]["values"][0] == report["quality"]["disco"]
     assert trained["random"]["test"]["values"][0] == report["quality"]["random_mask"]
-    assert trained["saliency"]["at_budget"]["values"][0] == report["quality_at_budget"]["disco"]
+    assert trained["fisher"]["at_budget"]["values"][0] == report["quality_at_budget"]["disco"]
     for name in ("fisher", "saliency"):
         pairs = result["learned_minus_random"][name]["test"]["values"]
         assert pairs == pytest.approx([a - b for a, b in zip(
@@ -58,6 +59,44 @@ def test_rankings_retrain_the_runs_variants_and_pair_them_by_seed(quick_run, tmp
     assert set(result["one_shot"]) == {"dense", "weight_norm", "saliency", "fisher", "random"}
     assert len(result["one_shot"]["random"]["values"]) == 2
     assert "fisher - random" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_variants_set_at_once_and_refitted_are_saved_where_infer_loads_them(quick_run):
+    import numpy as np
+
+    import disco_jax as dj
+    from disco_jax.train import restore_model
+    from experiments import infer, pipeline
+
+    run, report = quick_run
+    assert report["recipe"]["refit"] == "lstsq" and report["recipe"]["basis"] == "principal"
+    assert report["steps_per_variant"]["prune"] == report["steps_per_variant"]["finetune"] == 0
+    _, _, dense = pipeline.open_run(run, "dense", "a dense checkpoint", "experiments.vit")
+    restore_model(dense, run / "dense")
+    dense_layers = dj.layers.disco_layers(dense)
+    # the random variant keeps the network's own channels: the refit changed the
+    # weights of the channels a node reads, and only those
+    model, _, _, _ = infer.load_run(run, "random")  # random/finetune: saved at step 3
+    refitted = 0
+    for name, layer in dj.layers.disco_layers(model).items():
+        if not layer.spec.split_input:
+            continue
+        spec, mask = layer.spec, np.asarray(layer.mask[...])
+        kernel = np.asarray(layer.kernel[...])
+        before = np.asarray(dense_layers[name].kernel[...])
+        read = (mask > 0) | np.eye(spec.nodes, dtype=bool)[:, :, None]  # [N_dst, N_src, C/N]
+        for i in range(spec.nodes):
+            rows = read[i].reshape(-1)  # receiver i's input rows, sender-major
+            cols = slice(i * spec.group_out, (i + 1) * spec.group_out)
+            np.testing.assert_array_equal(kernel[~rows, cols], before[~rows, cols])
+            refitted += not np.array_equal(kernel[rows, cols], before[rows, cols])
+    assert refitted > 0
+    # the learned variant, in the principal basis, with the plan the run saved
+    model, plan, _, _ = infer.load_run(run, "learned")
+    for name, layer in dj.layers.disco_layers(model).items():
+        if layer.spec.split_input:
+            assert plan[name].k == int(np.asarray(layer.mask[...])[0, 1].sum())
 
 
 def test_rankings_refuse_a_folder_without_a_run_and_unknown_rankings(tmp_path, capsys):

@@ -10,6 +10,7 @@ subset of its channels. The public API is what this file re-exports:
 - transformer parts: :mod:`disco_jax.transformer` (LayerNorm with ``psum``
   statistics, attention split by heads, window attention, MLP, blocks)
 - training: :mod:`disco_jax.train`, :mod:`disco_jax.sparsify` (mask methods),
+  :mod:`disco_jax.refit` (least-squares refit of the weights that remain),
   :mod:`disco_jax.data`
 - masks: :func:`random_mask`, :func:`topk_mask`, :func:`dense_mask`,
   :func:`block_diagonal_mask`, :func:`k_for_ratio`, :func:`set_random_masks`

@@ -332,6 +332,8 @@ def train(model: nnx.Module, train_split: Split, classes: int, config: TrainConf
         if manager is not None and (done % config.checkpoint_every == 0 or done == end):
             _save(manager, done, model, state, config.optimizer)
     last = end if stop_after is None else min(stop_after, end)
+    if manager is not None and last == end and manager.latest_step() != end:
+        _save(manager, end, model, state, config.optimizer)  # a run of no steps: its start
     if method is not None and last == end:
         # the masks a next step would use (exact if steps >= end), on that step's images
         index = batch_indices(len(train_split), config.batch_size, last, config.seed)
