@@ -16,6 +16,9 @@ From that one checkpoint this measures two things:
   variants (its schedule, going on with the dense run, the seed's data order
   and random order): top-1 at the budget (the run's held-out images) and after
   fine-tuning (its test images), and the paired differences learned - random.
+  ``--basis`` changes where the learned variants choose their channels
+  (:attr:`experiments.compare.Schedule.basis`); the random variant always
+  keeps the network's own channels.
 
 With the run's own seed the variants are the run's own (same top-1).
 """
@@ -34,6 +37,7 @@ ONE_SHOT_IMAGES = 512
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from experiments.compare import BASES
     from experiments.pipeline import IMPORTANCES
 
     parser = argparse.ArgumentParser(prog="python -m experiments.rankings",
@@ -45,6 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--importances", default="fisher",
                         help=f"comma-separated rankings to train, of {', '.join(IMPORTANCES)} "
                              f"(default fisher); the one-shot table has all of them")
+    parser.add_argument("--basis", choices=BASES,
+                        help="where the learned variants choose channels (default: as the run "
+                             "did): principal (the network's principal basis) or channels")
     parser.add_argument("--report", type=Path, help="write the results here (.json)")
     args = parser.parse_args(argv)
     try:
@@ -120,6 +127,8 @@ def run(args) -> dict:
                           for k, v in shot.items()), flush=True)
 
         base = Schedule.of(settings)
+        if args.basis is not None:
+            base = dataclasses.replace(base, basis=args.basis)
         trained = {name: {"at_budget": [], "test": []} for name in args.importances + ["random"]}
         for seed in args.seeds:
             for importance in args.importances + ["random"]:
@@ -138,7 +147,7 @@ def run(args) -> dict:
 
     random = trained["random"]
     return {
-        "run": str(args.run), "settings": settings, "seeds": args.seeds,
+        "run": str(args.run), "settings": settings, "seeds": args.seeds, "basis": base.basis,
         "one_shot_images": ONE_SHOT_IMAGES, "held_out_images": len(held_out),
         "test_images": len(test), "one_shot": shot,
         "trained": {name: {phase: stats(values) for phase, values in result.items()}
@@ -164,7 +173,8 @@ def format_report(report: dict) -> str:
              f"{100 * shot['dense']:.2f}):"]
     lines += [f"  {name:12s} {pm(value) if isinstance(value, dict) else f'{100 * value:6.2f}'}"
               for name, value in shot.items() if name != "dense"]
-    lines.append(f"trained like the run's variants, top-1 %  at budget "
+    lines.append(f"trained like the run's variants (learned masks chosen in the "
+                 f"{report.get('basis', 'channels')} basis), top-1 %  at budget "
                  f"({report['held_out_images']})   after fine-tuning ({report['test_images']})")
     for name, result in report["trained"].items():
         lines.append(f"  {name:12s} {pm(result['at_budget']):>24s} {pm(result['test']):>24s}")

@@ -59,6 +59,14 @@ def test_rankings_retrain_the_runs_variants_and_pair_them_by_seed(quick_run, tmp
     assert set(result["one_shot"]) == {"dense", "weight_norm", "saliency", "fisher", "random"}
     assert len(result["one_shot"]["random"]["values"]) == 2
     assert "fisher - random" in capsys.readouterr().out
+    assert result["basis"] == "principal"  # the run's
+
+    # the same in the network's own channels: the random variants do not change
+    assert rankings.main(["--run", str(run), "--seeds", "0", "--basis", "channels",
+                          "--report", str(path)]) == 0
+    own = json.loads(path.read_text())
+    assert own["basis"] == "channels"
+    assert own["trained"]["random"]["test"]["values"] == trained["random"]["test"]["values"][:1]
 
 
 @pytest.mark.slow
