@@ -3,9 +3,8 @@
 A ResNet's channels are a privileged basis (each passes through its own ReLU),
 so choosing which of them travel is a real choice. A transformer's residual
 stream is not: every layer reads it through a LayerNorm and a linear map, and
-a node's own channels already predict most of another node's (on the
-Fashion-MNIST ViT, ~90% of the variance), so k channels chosen by any
-ranking carry about what k random ones do. :func:`principal_basis` rewrites a
+a node's own channels already predict most of another node's, so k
+channels chosen by any ranking carry about what k random ones do. :func:`principal_basis` rewrites a
 :class:`~disco_jax.models.ViT` into the same function in a basis where they do
 not: channel c of node j is (close to) the c-th principal direction of what
 node j holds that the other nodes cannot predict from their own channels.
