@@ -1,6 +1,6 @@
 """DISCO on a Vision Transformer end to end, with the same table as ResNet-50.
 
-    python -m experiments.vit --mesh 2                       # default run, ~12 min on 2 CPU cores
+    python -m experiments.vit --mesh 2                       # default run, ~10 min on 2 CPU cores
     python -m experiments.vit --mesh 2 --report reports/vit_n2.json \\
         --sweep 0,0.05,0.1,0.2,0.5,1                          # + accuracy against comm ratio
     python -m experiments.vit --quick --mesh 4               # a few steps: smoke test
@@ -42,7 +42,7 @@ its masks at once (Fisher ranking for the learned one) on 512 training images
 and refits the weights it keeps by least squares; no retraining."""
 
 PRESETS = {
-    # ~12 min on the 2-core CPU machine
+    # ~10 min on the 2-core CPU machine
     "default": dict(image_size=28, **ARCHITECTURE, pretrain_steps=1600, batch_size=64,
                     test_images=10000, eval_images=2000, **AFTER_TRAINING, **RECIPE),
     "full": dict(image_size=28, **ARCHITECTURE | {"dim": 128, "heads": 8}, pretrain_steps=6000,

@@ -12,7 +12,6 @@ from disco_jax.errors import ConfigError
 from disco_jax.layers import record_inputs
 from disco_jax.models import ViT
 from disco_jax.transformer import LayerNorm
-from tests.helpers import TinyNet
 
 
 def vit(nodes, pool="mean", seed=0):
@@ -82,8 +81,9 @@ def test_the_first_channels_carry_what_the_other_node_cannot_predict():
 
 
 def test_a_network_that_is_not_a_vit_is_refused():
-    with pytest.raises(ConfigError, match="rewrites a disco_jax.models.ViT, got TinyNet"):
-        principal_basis(TinyNet(nodes=2, k=4), jnp.ones((2, 8, 8, 1)))
+    layer = dj.DiscoDense(8, 8, nodes=2, rngs=nnx.Rngs(0))
+    with pytest.raises(ConfigError, match="rewrites a disco_jax.models.ViT, got DiscoDense"):
+        principal_basis(layer, jnp.ones((2, 8)))
 
 
 def test_a_model_with_masks_already_chosen_is_refused_and_left_alone():
