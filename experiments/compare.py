@@ -209,8 +209,9 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
         return None if checkpoint_dir is None else checkpoint_dir / phase
 
     model = nnx.clone(dense)
+    images, labels = calibration(train_split, seed)
     if schedule.basis == "principal" and variant == "learned":
-        principal_basis(model, calibration(train_split, seed)[0])
+        principal_basis(model, images)
         dense = nnx.clone(model)  # the same function: what the refit reproduces
     fresh = optimizer is None
     start = 0 if fresh else int(optimizer.step[...])
@@ -221,7 +222,6 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
     else:
         prune_config = finetune_config = run_config(schedule, start + schedule.steps, seed)
     if schedule.prune_steps == 0:  # the masks at once, on the calibration images
-        images, labels = calibration(train_split, seed)
         method.update(model, start, images=images, labels=labels)
     else:
         optimizer = train(model, train_split, classes, prune_config, method=method,
@@ -229,7 +229,7 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
                           until=start + schedule.prune_steps,
                           description=f"{label}{variant} prune").optimizer
     if schedule.refit == "lstsq" and variant != "dense_split":
-        refit(model, dense, calibration(train_split, seed)[0])
+        refit(model, dense, images)
     at_budget = evaluate_fn(model)
     train(model, train_split, classes, finetune_config, optimizer=None if fresh else optimizer,
           checkpoint_dir=folder("finetune"),

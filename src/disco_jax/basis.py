@@ -38,7 +38,8 @@ import numpy as np
 from flax import nnx
 
 from disco_jax.errors import ConfigError
-from disco_jax.layers import disco_layers, record_inputs
+from disco_jax.layers import disco_layers
+from disco_jax.refit import layer_inputs
 
 
 def _unpredicted(x: np.ndarray, sender: int, columns: np.ndarray, nodes: int,
@@ -74,13 +75,6 @@ def _ordered_rotation(covariance: np.ndarray) -> np.ndarray:
     # mostly channel c, mapped onto the principal directions
     complement, _ = np.linalg.qr(centre[:, :g - 1])
     return np.full((g, g), 1.0 / g) + directions @ complement.T
-
-
-def _inputs(model: nnx.Module, images) -> dict[int, np.ndarray]:
-    with record_inputs() as recorded:
-        model(images)
-    return {key: np.asarray(x, np.float64).reshape(-1, x.shape[-1])
-            for key, x in recorded.items()}
 
 
 def principal_basis(model: nnx.Module, images) -> dict[str, np.ndarray]:
@@ -126,12 +120,13 @@ def principal_basis(model: nnx.Module, images) -> dict[str, np.ndarray]:
         norm.bias[...] = jnp.zeros_like(norm.bias[...])
 
     # 2. the residual stream, one rotation per node
-    inputs = _inputs(model, images)
+    names = {id(layer): name for name, layer in disco_layers(model).items()}
+    inputs = layer_inputs(model, images)
     covariances = [np.zeros((group, group)) for _ in range(nodes)]
     for _, layer in readers:
         for j in range(nodes):
             own = np.arange(j * group, (j + 1) * group)
-            covariances[j] += _unpredicted(inputs[id(layer)], j, own, nodes, group)
+            covariances[j] += _unpredicted(inputs[names[id(layer)]], j, own, nodes, group)
     stream = np.zeros((dim, dim))
     for j in range(nodes):
         stream[j * group:(j + 1) * group, j * group:(j + 1) * group] = \
@@ -155,11 +150,11 @@ def principal_basis(model: nnx.Module, images) -> dict[str, np.ndarray]:
 
     # 3. the value channels of each head, read by the output projection
     rotations = {"stream": stream}
-    inputs = _inputs(model, images)
+    inputs = layer_inputs(model, images)
     heads = group // head_dim
     for index, block in enumerate(model.blocks):
         qkv, proj = block.attn.qkv, block.attn.proj
-        outputs = inputs[id(proj)]  # the heads' outputs, [rows, C]
+        outputs = inputs[names[id(proj)]]  # the heads' outputs, [rows, C]
         values = np.zeros((dim, dim))
         for j in range(nodes):
             for h in range(heads):

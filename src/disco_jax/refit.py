@@ -34,9 +34,11 @@ RIDGE = 1e-3
 """Default ridge, relative to the mean variance of the kept inputs."""
 
 
-def _inputs(model: nnx.Module, images, layers: dict) -> dict[str, np.ndarray]:
-    """Each layer's input (``f64[rows, C_in]``, the pixels or tokens it reads),
-    in the order the forward pass calls the layers."""
+def layer_inputs(model: nnx.Module, images) -> dict[str, np.ndarray]:
+    """Each DISCO layer's input on ``images`` (``f64[rows, C_in]``: the pixels
+    or tokens it reads), by layer name, in the order the forward pass calls
+    the layers."""
+    layers = disco_layers(model)
     names = {id(layer): name for name, layer in layers.items()}
     with record_inputs() as recorded:
         model(images)
@@ -81,20 +83,21 @@ def refit(model: nnx.Module, dense: nnx.Module, images, *,
     model_mode, dense_mode = nnx.clone(model), nnx.clone(dense)
     model_mode.eval()
     dense_mode.eval()
-    targets_in = _inputs(dense_mode, images, disco_layers(dense_mode))
-    order = [name for name in _inputs(model_mode, images, disco_layers(model_mode))
-             if name in masked]
+    targets_in = layer_inputs(dense_mode, images)
+    order = [name for name in layer_inputs(model_mode, images) if name in masked]
+    copies = disco_layers(model_mode)
     errors = {}
     for name in order:
         # the input as the layers before it (already refitted) now make it
-        x = _inputs(model_mode, images, disco_layers(model_mode))[name]
-        layer, spec = disco_layers(model_mode)[name], masked[name].spec
+        x = layer_inputs(model_mode, images)[name]
+        layer, spec = copies[name], masked[name].spec
         weight = np.asarray(dense_layers[name].kernel[...], np.float64).reshape(
             spec.c_in, spec.c_out)
         mask = np.asarray(layer.mask[...])
         kernel = np.asarray(layer.kernel[...], np.float64).reshape(spec.c_in, spec.c_out)
         gram = x.T @ x
-        wanted = x.T @ (targets_in[name] @ weight)  # [C_in, C_out]
+        targets = targets_in[name] @ weight  # [rows, C_out]: what the dense layer computes
+        wanted = x.T @ targets
         residual = total = 0.0
         for i in range(spec.nodes):
             rows = np.concatenate([
@@ -105,11 +108,10 @@ def refit(model: nnx.Module, dense: nnx.Module, images, *,
             kept = kept + ridge * np.trace(kept) / len(rows) * np.eye(len(rows))
             solved = np.linalg.solve(kept, wanted[np.ix_(rows, cols)])
             kernel[np.ix_(rows, cols)] = solved
-            target = targets_in[name] @ weight[:, cols]
-            residual += float(np.sum((x[:, rows] @ solved - target) ** 2))
-            total += float(np.sum(target ** 2))
+            residual += float(np.sum((x[:, rows] @ solved - targets[:, cols]) ** 2))
+            total += float(np.sum(targets[:, cols] ** 2))
         layer.kernel[...] = jnp.asarray(kernel.reshape(layer.kernel[...].shape), jnp.float32)
         errors[name] = float(np.sqrt(residual / max(total, 1e-30)))
     for name in order:
-        masked[name].kernel[...] = disco_layers(model_mode)[name].kernel[...]
+        masked[name].kernel[...] = copies[name].kernel[...]
     return errors
