@@ -20,6 +20,12 @@ weights it keeps by least squares (:mod:`disco_jax.refit`): DISCO after
 training, with no (or a short) fine-tuning. With ``Schedule(basis="principal")``
 the learned variant first rewrites the network into its principal basis
 (:mod:`disco_jax.basis`, transformers), where which channels travel matters.
+With ``Schedule(basis="directions")`` (CNNs) the learned variant sends, per
+node pair and layer, the k reduced-rank directions of the sender's channels
+(:func:`disco_jax.projections.reduced_rank`, chosen layer by layer inside
+the refit), and one more variant, ``random_directions``, sends k random
+directions: the two baselines at the same bytes are then random channels and
+random directions.
 
 This module also holds what the experiments' reports share: mean/std over
 seeds, the plan's bytes against the budget's, and writing a report without
@@ -35,7 +41,8 @@ from pathlib import Path
 import numpy as np
 
 VARIANTS = ("learned", "random", "no_comm", "dense_split")
-"""The variants, in report order."""
+"""The variants every run has, in report order (:func:`variants_of` adds
+``random_directions`` when the learned one sends directions)."""
 
 RECIPE = dict(optimizer="adamw", learning_rate=2e-3, warmup_steps=30, weight_decay=1e-4)
 """The optimiser settings of the ResNet-50 job's one continuing run (AdamW,
@@ -45,14 +52,18 @@ REFITS = ("none", "lstsq")
 """What happens to the kept weights once the masks reach the budget
 (:attr:`Schedule.refit`)."""
 
-BASES = ("channels", "principal")
-"""The bases the learned variant may choose its channels in (:attr:`Schedule.basis`)."""
+REFIT_INPUTS = ("masked", "dense")
+"""What the refit fits each layer on (:attr:`Schedule.refit_inputs`)."""
+
+BASES = ("channels", "principal", "directions")
+"""What the learned variant chooses among (:attr:`Schedule.basis`)."""
 
 CALIBRATION_IMAGES = 512
-"""Training images that masks set at once and the refit are computed on."""
+"""Training images that masks set at once and the refit are computed on, by
+default (:attr:`Schedule.calibration_images`)."""
 
 QUALITY_KEYS = {"learned": "disco", "random": "random_mask", "no_comm": "no_comm",
-                "dense_split": "dense_split"}
+                "dense_split": "dense_split", "random_directions": "random_directions"}
 """The variants' keys in the report schema (DESIGN.md section 8)."""
 
 
@@ -82,8 +93,17 @@ class Schedule:
       basis: ``"principal"``: the learned variant chooses its channels in the
         network's principal basis (:func:`disco_jax.basis.principal_basis`,
         the same function rewritten, on the same images; ViTs only);
-        ``"channels"``: in the network's own channels. The random, no-comm
-        and dense-split variants always keep the network's own channels.
+        ``"channels"``: in the network's own channels; ``"directions"``: it
+        sends the k reduced-rank directions of each sender's channels per
+        node pair (:mod:`disco_jax.projections`; needs ``prune_steps=0`` and
+        ``refit="lstsq"``), and a ``random_directions`` variant sends k random
+        ones. The random, no-comm and dense-split variants always keep the
+        network's own channels.
+      calibration_images: how many training images masks set at once, the
+        bases and the refit are computed on.
+      refit_inputs: what each layer is refitted on (:func:`disco_jax.refit.refit`):
+        ``"masked"``, the input the refitted layers before it make (one forward
+        pass per layer), or ``"dense"``, the dense model's (one pass in all).
     """
 
     prune_steps: int
@@ -97,6 +117,24 @@ class Schedule:
     importance: str = "weight_norm"
     refit: str = "none"
     basis: str = "channels"
+    calibration_images: int = CALIBRATION_IMAGES
+    refit_inputs: str = "masked"
+
+    def __post_init__(self):
+        from disco_jax.errors import ConfigError
+
+        if self.refit_inputs not in REFIT_INPUTS:
+            raise ConfigError(f"refit_inputs must be one of {REFIT_INPUTS}, got "
+                              f"{self.refit_inputs!r}")
+
+        if self.basis == "directions" and (self.prune_steps or self.refit != "lstsq"):
+            raise ConfigError(
+                "basis 'directions' chooses what travels layer by layer inside the "
+                f"least-squares refit: it needs --prune-steps 0 and --refit lstsq (got "
+                f"prune_steps={self.prune_steps}, refit={self.refit!r})")
+        if self.calibration_images < 1:
+            raise ConfigError(f"calibration_images must be positive, got "
+                              f"{self.calibration_images}")
 
     @property
     def steps(self) -> int:
@@ -109,6 +147,11 @@ class Schedule:
         its default, as in runs made before the name existed)."""
         return cls(**{field.name: settings[field.name] for field in dataclasses.fields(cls)
                       if field.name in settings or field.default is dataclasses.MISSING})
+
+
+def variants_of(schedule: Schedule) -> tuple[str, ...]:
+    """The variants a run with ``schedule`` compares, in report order."""
+    return VARIANTS + (("random_directions",) if schedule.basis == "directions" else ())
 
 
 def comm_ratio_of(variant: str, comm_ratio: float) -> float:
@@ -129,7 +172,7 @@ def mask_method(variant: str, comm_ratio: float, schedule: Schedule, seed: int,
 
     if variant == "learned":
         return pruning(comm_ratio, lasso=schedule.lasso, importance=schedule.importance)
-    if variant == "random":
+    if variant in ("random", "random_directions"):  # random_directions: set by the refit
         return pruning(comm_ratio, lasso=0.0, importance="random")
     if variant == "no_comm":
         return pruning(0.0, lasso=schedule.lasso, importance=schedule.importance)
@@ -202,6 +245,7 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
     from flax import nnx
 
     from disco_jax.basis import principal_basis
+    from disco_jax.projections import choose_directions
     from disco_jax.refit import refit
     from disco_jax.train import train
 
@@ -209,10 +253,14 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
         return None if checkpoint_dir is None else checkpoint_dir / phase
 
     model = nnx.clone(dense)
-    images, labels = calibration(train_split, seed)
+    images, labels = calibration(train_split, seed, schedule.calibration_images)
     if schedule.basis == "principal" and variant == "learned":
         principal_basis(model, images)
         dense = nnx.clone(model)  # the same function: what the refit reproduces
+    choose = None  # directions are chosen layer by layer inside the refit
+    if schedule.basis == "directions" and variant in ("learned", "random_directions"):
+        choose = choose_directions(
+            "reduced_rank" if variant == "learned" else "random_directions", comm_ratio, seed)
     fresh = optimizer is None
     start = 0 if fresh else int(optimizer.step[...])
     method = mask_method(variant, comm_ratio, schedule, seed, start=start)
@@ -221,15 +269,15 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
         finetune_config = run_config(schedule, schedule.finetune_steps, seed + 2000)
     else:
         prune_config = finetune_config = run_config(schedule, start + schedule.steps, seed)
-    if schedule.prune_steps == 0:  # the masks at once, on the calibration images
-        method.update(model, start, images=images, labels=labels)
-    else:
+    if schedule.prune_steps > 0:
         optimizer = train(model, train_split, classes, prune_config, method=method,
                           optimizer=optimizer, checkpoint_dir=folder("prune"),
                           until=start + schedule.prune_steps,
                           description=f"{label}{variant} prune").optimizer
+    elif choose is None:  # the masks at once, on the calibration images
+        method.update(model, start, images=images, labels=labels)
     if schedule.refit == "lstsq" and variant != "dense_split":
-        refit(model, dense, images)
+        refit(model, dense, images, choose=choose, inputs=schedule.refit_inputs)
     at_budget = evaluate_fn(model)
     train(model, train_split, classes, finetune_config, optimizer=None if fresh else optimizer,
           checkpoint_dir=folder("finetune"),
@@ -237,10 +285,10 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
     return model, at_budget, evaluate_fn(model) if evaluate_final else None
 
 
-def calibration(train_split, seed: int):
-    """The :data:`CALIBRATION_IMAGES` training images (and labels) of ``seed``
-    that masks set at once and the refit are computed on."""
-    count = min(CALIBRATION_IMAGES, len(train_split))
+def calibration(train_split, seed: int, count: int = CALIBRATION_IMAGES):
+    """The ``count`` training images (and labels) of ``seed`` that masks set at
+    once and the refit are computed on."""
+    count = min(count, len(train_split))
     index = np.sort(np.random.default_rng(seed).choice(len(train_split), count, replace=False))
     return train_split.images[index], train_split.labels[index]
 

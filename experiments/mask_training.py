@@ -18,7 +18,15 @@ narrow ResNet-18 the continuing run left every pruned variant lower
 87.68 / 86.84 at N = 2 / 4, against 89.54 / 88.94 for seed 0 here) and learned masks no
 better than random ones (AdamW at N = 2: 88.75 vs 89.00).
 
+With ``--directions`` the learned variant sends, per node pair and layer,
+the k reduced-rank directions of the sender's channels instead of k
+channels (:mod:`disco_jax.projections`): every variant's masks are set at
+once from the dense checkpoint and its kept weights refitted by least squares
+(no pruning phase; the fine-tuning phase stays), and a ``random_directions``
+variant joins the comparison.
+
     python -m experiments.mask_training --mesh 2 --seeds 0,1,2 --report reports/masks_n2.json
+    python -m experiments.mask_training --mesh 2 --seeds 0,1,2 --directions
     python -m experiments.mask_training --quick      # a few steps, for smoke tests
 """
 
@@ -47,6 +55,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lasso", type=float, default=1e-2)
     parser.add_argument("--test-images", type=int, default=10000)
+    parser.add_argument("--directions", action="store_true",
+                        help="DISCO sends reduced-rank directions, set at once and refitted "
+                             "(no pruning phase), against random channels and random "
+                             "directions")
+    parser.add_argument("--calibration-images", type=int, default=2048,
+                        help="training images the directions and the refit are computed on "
+                             "(with --directions)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings (width 8, 10 steps per phase, 1 seed, 500 test images)")
     parser.add_argument("--report", type=Path)
@@ -70,12 +85,12 @@ def run(args) -> dict:
     from disco_jax.train import TrainConfig, evaluate, train
     from experiments.compare import (
         QUALITY_KEYS,
-        VARIANTS,
         Schedule,
         comm_ratio_of,
         plan_and_budget_bytes,
         stats,
         train_variant,
+        variants_of,
     )
 
     dataset = data.load(args.dataset)
@@ -83,9 +98,13 @@ def run(args) -> dict:
                       dataset.test.labels[:args.test_images])
     network = NETWORKS[args.model]
     classes = dataset.classes
-    schedule = Schedule(args.prune_steps, args.finetune_steps, args.batch_size,
-                        learning_rate=0.02, lasso=args.lasso)
-    results = {v: {"at_budget": [], "finetuned": []} for v in VARIANTS}
+    directions = dict(prune_steps=0, refit="lstsq", basis="directions", refit_inputs="dense",
+                      calibration_images=args.calibration_images) if args.directions else {}
+    schedule = Schedule(**{"prune_steps": args.prune_steps, "finetune_steps": args.finetune_steps,
+                           "batch_size": args.batch_size, "learning_rate": 0.02,
+                           "lasso": args.lasso} | directions)
+    variants = variants_of(schedule)
+    results = {v: {"at_budget": [], "finetuned": []} for v in variants}
     pretrained, bytes_sent, plan_costs, started = [], {}, {}, time.time()
     image = (1, *dataset.image_shape)
     for seed in args.seeds:
@@ -97,7 +116,7 @@ def run(args) -> dict:
                           learning_rate=0.05, seed=seed),
               description=f"seed {seed} dense")
         pretrained.append(evaluate(dense, test, classes))
-        for variant in VARIANTS:
+        for variant in variants:
             model, at_budget, finetuned = train_variant(
                 dense, variant, args.comm_ratio, schedule, seed, dataset.train,
                 lambda model: evaluate(model, test, classes), classes, label=f"seed {seed} ")
@@ -110,7 +129,7 @@ def run(args) -> dict:
 
     def quality(when):
         return {"metric": "top1", "single": stats(results["dense_split"][when]),
-                **{QUALITY_KEYS[v]: stats(results[v][when]) for v in VARIANTS}}
+                **{QUALITY_KEYS[v]: stats(results[v][when]) for v in variants}}
 
     def paired(other, when):
         return stats(np.subtract(results["learned"][when], results[other][when]))
@@ -123,15 +142,16 @@ def run(args) -> dict:
         "payload_dtype": "float32", "seeds": args.seeds, "test_images": len(test),
         "lasso": args.lasso,
         "steps_per_variant": {"pretrain_dense": args.pretrain_steps,
-                              "prune": args.prune_steps,
-                              "finetune": args.finetune_steps,
+                              "prune": schedule.prune_steps,
+                              "finetune": schedule.finetune_steps,
                               "total": steps, "images": steps * args.batch_size},
         "quality": quality("finetuned"),
         "quality_at_budget": quality("at_budget"),
         "dense_pretrained": stats(pretrained),
+        "recipe": {"refit": schedule.refit, "basis": schedule.basis,
+                   "calibration_images": schedule.calibration_images},
         "disco_minus": {f"{other}_{when}": paired(other, when)
-                        for other in ("random", "no_comm", "dense_split")
-                        for when in ("at_budget", "finetuned")},
+                        for other in variants[1:] for when in ("at_budget", "finetuned")},
         "comm_bytes_per_sample": {"dense_split": costs.totals["dense_split"].comm_bytes,
                                   "disco": costs.totals["disco"].comm_bytes},
         "comm_reduction": costs.comm_reduction,
@@ -157,8 +177,11 @@ def format_report(report: dict) -> str:
             f"dense model after pretraining ({report['steps_per_variant']['pretrain_dense']} "
             f"steps): {cell(report['dense_pretrained'])}",
             f"{'variant':14} {'at budget':>14} {'fine-tuned':>14}"]
-    for key, name in (("disco", "learned"), ("random_mask", "random"), ("no_comm", "no_comm"),
+    for key, name in (("disco", "learned"), ("random_mask", "random"),
+                      ("random_directions", "random dirs"), ("no_comm", "no_comm"),
                       ("dense_split", "dense_split")):
+        if key not in report["quality"]:
+            continue
         rows.append(f"{name:14} {cell(report['quality_at_budget'][key]):>14} "
                     f"{cell(report['quality'][key]):>14}")
     for key, diff in report["disco_minus"].items():

@@ -170,6 +170,9 @@ def parse_args(network: Network, argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sweep", help="comma-separated comm ratios for the accuracy plot, "
                                         "e.g. 0,0.05,0.1,0.2,0.5,1 (one more variant each)")
+    parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2,3,4: run each (its "
+                                        "own dense model, in OUT/seed-S) and report mean ± std "
+                                        "and the paired differences between variants")
     parser.add_argument("--out", type=Path,
                         help="checkpoints, plan and plots (default runs/MODEL-nN[-quick])")
     parser.add_argument("--report", type=Path, help="write the report as JSON here")
@@ -190,6 +193,12 @@ def parse_args(network: Network, argv=None) -> argparse.Namespace:
         parser.error(f"--sweep takes comma-separated numbers in [0, 1], got {args.sweep!r}")
     if any(not 0.0 <= r <= 1.0 for r in args.sweep):
         parser.error(f"--sweep ratios must be in [0, 1], got {args.sweep}")
+    try:
+        args.seeds = [] if not args.seeds else [int(seed) for seed in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds names a seed twice: {args.seeds}")
     if args.out is None:
         args.out = Path("runs") / f"{args.model}-n{args.mesh}{'-quick' if args.quick else ''}"
     return args
@@ -230,12 +239,12 @@ def run(network: Network, args) -> dict:
     from disco_jax.train import evaluate, restore_run
     from experiments.compare import (
         QUALITY_KEYS,
-        VARIANTS,
         Schedule,
         comm_ratio_of,
         plan_and_budget_bytes,
         train_dense,
         train_variant,
+        variants_of,
     )
 
     started, timings = time.time(), {}
@@ -265,7 +274,7 @@ def run(network: Network, args) -> dict:
     def held_out_top1(model):
         return evaluate(model, held_out, classes)
 
-    variants = VARIANTS if args.mesh > 1 else ("dense_split",)  # N = 1: nothing travels
+    variants = variants_of(schedule) if args.mesh > 1 else ("dense_split",)  # N = 1: no comm
     models, plans, at_budget, bytes_sent = {}, {}, {}, {}
     for variant in variants:
         begin = time.time()
@@ -310,7 +319,7 @@ def run(network: Network, args) -> dict:
 
     def quality(values):
         result = {"metric": "top1", "single": values.get("dense_split")}
-        result.update({QUALITY_KEYS[v]: values.get(v) for v in VARIANTS})
+        result.update({QUALITY_KEYS[v]: values.get(v) for v in variants_of(schedule)})
         return result
 
     steps = (args.pretrain_steps if pretrain_steps is not None else 0) + schedule.steps
@@ -330,7 +339,8 @@ def run(network: Network, args) -> dict:
             "total": steps, "images": steps * args.batch_size},
         "recipe": {name: getattr(args, name) for name in RECIPE}
                   | {"lasso": args.lasso, "importance": args.importance,
-                     "refit": schedule.refit, "basis": schedule.basis}
+                     "refit": schedule.refit, "basis": schedule.basis,
+                     "calibration_images": schedule.calibration_images}
                   | network.recipe,
         "comm_bytes_per_sample": {"dense_split": totals["dense_split"].comm_bytes,
                                   "disco": totals["disco"].comm_bytes,
@@ -446,6 +456,23 @@ def targets(report: dict, goals: Targets) -> list[tuple[str, str, bool | None]]:
     return rows
 
 
+def _masks_line(recipe: dict, steps: dict) -> list[str]:
+    """How the masks were chosen, when it is not the pruning schedule alone."""
+    basis, refit = recipe.get("basis", "channels"), recipe.get("refit", "none")
+    if basis == "channels" and refit == "none":
+        return []
+    if basis == "directions":
+        line = ("masks: DISCO sends, per node pair and layer, the k reduced-rank directions "
+                "of the sender's channels, set at once")
+    else:
+        line = (f"masks: learned ones by {recipe['importance']}"
+                + (" in the network's principal basis" if basis == "principal" else "")
+                + (", set at once" if steps["prune"] == 0 else ""))
+    if refit != "none":
+        line += ", then every variant refits its kept weights by least squares"
+    return [line]
+
+
 def format_report(report: dict, network: Network) -> str:
     """The terminal table (DESIGN.md section 8 fields)."""
 
@@ -467,20 +494,16 @@ def format_report(report: dict, network: Network) -> str:
         f"steps, {steps['images']:,} images); {recipe['optimizer']}, peak lr "
         f"{recipe['learning_rate']:g}, warmup {recipe['warmup_steps']} steps, cosine over "
         "the whole run",
-        *([f"masks: learned ones by {recipe['importance']}"
-           + (" in the network's principal basis" if recipe.get("basis") == "principal"
-              else "")
-           + (", set at once" if steps["prune"] == 0 else "")
-           + (", then every variant refits its kept weights by least squares"
-              if recipe.get("refit", "none") != "none" else "")]
-          if recipe.get("refit", "none") != "none" or recipe.get("basis") == "principal"
-          else []),
+        *_masks_line(recipe, steps),
         f"  {'top-1 %':22} {'test (' + str(report['test_images']) + ')':>12} "
         f"{'at budget (' + str(at_budget['images']) + ')':>18}",
     ]
     for key, name in (("single", "single device"), ("dense_split", "dense split"),
                       ("disco", "DISCO (learned)"), ("random_mask", "random masks"),
+                      ("random_directions", "random directions"),
                       ("no_comm", "no communication")):
+        if key not in quality:
+            continue
         budget = "" if key == "single" else pct(at_budget[key])
         rows.append(f"  {name:22} {pct(quality[key]):>12} {budget:>18}")
     reduction = report["comm_reduction"]
@@ -520,31 +543,52 @@ def verified(report: dict) -> bool:
             and all(entry["exact"] for entry in report["bytes_plan_vs_budget"].values()))
 
 
+def run_and_print(network: Network, args) -> dict:
+    """One run (:func:`run`), its plots and its table; the report says
+    ``verified`` (:func:`verified`) and is also written to ``OUT/report.json``
+    (:mod:`experiments.seeds` summarises such reports)."""
+    from experiments import plots
+    from experiments.compare import write_report
+
+    report = run(network, args)
+    figures = [plots.bytes_per_layer(report, args.out / "bytes_per_layer.png")]
+    if report["sweep"]:
+        figures.append(plots.accuracy_vs_ratio(report, args.out / "accuracy_vs_ratio.png"))
+    report["plots"] = [str(path) for path in figures]
+    report["verified"] = verified(report)
+    print(format_report(report, network))
+    print(f"distributed == reference, HLO bytes == plan bytes, budgets exact: "
+          f"{'yes' if report['verified'] else 'NO'}")
+    print("plots: " + ", ".join(report["plots"]), flush=True)
+    write_report(args.out / "report.json", report)
+    return report
+
+
 def main(network: Network, argv=None) -> int:
     args = parse_args(network, argv)
     import jax
 
     import disco_jax as dj  # after argument parsing: --help needs no jax
-    from experiments import plots
+    from experiments import seeds
     from experiments.compare import write_report
 
     dj.ensure_host_devices(args.mesh)
     try:
         with jax.numpy_dtype_promotion("standard"):  # optax schedules mix int and float
-            report = run(network, args)
+            if not args.seeds:
+                report = run_and_print(network, args)
+            else:
+                runs = []
+                for seed in args.seeds:
+                    print(f"== seed {seed} ==", flush=True)
+                    runs.append(run_and_print(network, argparse.Namespace(
+                        **vars(args) | {"seed": seed, "out": args.out / f"seed-{seed}"})))
+                report = seeds.over_seeds(runs, network.targets)
+                print(seeds.format_seeds(report))
     except dj.DiscoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    figures = [plots.bytes_per_layer(report, args.out / "bytes_per_layer.png")]
-    if report["sweep"]:
-        figures.append(plots.accuracy_vs_ratio(report, args.out / "accuracy_vs_ratio.png"))
-    report["plots"] = [str(path) for path in figures]
-    print(format_report(report, network))
-    ok = verified(report)
-    print(f"distributed == reference, HLO bytes == plan bytes, budgets exact: "
-          f"{'yes' if ok else 'NO'}")
-    print("plots: " + ", ".join(report["plots"]))
     if args.report:
         write_report(args.report, report)
         print(f"report written to {args.report}")
-    return 0 if ok else 1
+    return 0 if report["verified"] else 1

@@ -19,21 +19,25 @@ from __future__ import annotations
 import sys
 
 from experiments import pipeline
-from experiments.compare import RECIPE
+from experiments.compare import BASES, RECIPE, REFIT_INPUTS, REFITS
+
+RETRAINING = dict(importance="weight_norm", refit="none", basis="channels",
+                  calibration_images=512, refit_inputs="masked")
+"""Masks reached by gradual pruning (weight norm + group lasso) and retraining."""
 
 PRESETS = {
     # fits 20 minutes on the 2-core CPU machine; every variant sees the same steps
     "default": dict(image_size=28, stem="imagenet", width=64, pretrain_steps=120,
                     prune_steps=60, finetune_steps=90, batch_size=64, test_images=10000,
-                    eval_images=2000, importance="weight_norm", **RECIPE),
+                    eval_images=2000, **RETRAINING, **RECIPE),
     # a real schedule, for accelerators or patience
     "full": dict(image_size=32, stem="imagenet", width=64, pretrain_steps=4000,
                  prune_steps=1000, finetune_steps=1000, batch_size=128, test_images=10000,
-                 eval_images=10000, importance="weight_norm", **RECIPE | {"warmup_steps": 300}),
+                 eval_images=10000, **RETRAINING, **RECIPE | {"warmup_steps": 300}),
     # the same pipeline in a few steps of a narrow net: smoke tests and CI
     "quick": dict(image_size=28, stem="imagenet", width=8, pretrain_steps=3, prune_steps=3,
                   finetune_steps=2, batch_size=16, test_images=128, eval_images=128,
-                  importance="weight_norm", **RECIPE),
+                  **RETRAINING, **RECIPE),
 }
 
 
@@ -57,7 +61,8 @@ NETWORK = pipeline.Network(
     targets=pipeline.Targets(comm_reduction=5.0, gap=1.0, flops=0.6, params=0.5,
                              title="paper's targets for this run"),
     doc=__doc__,
-    choices={"stem": ("imagenet", "small")},
+    choices={"stem": ("imagenet", "small"), "refit": REFITS, "basis": BASES,
+             "refit_inputs": REFIT_INPUTS},
     helps={"stem": "imagenet: 7x7/2 conv + max-pool (standard, default); small: 3x3/1 conv "
                    "(16x more work in the first stage at 28-32 px)"},
     recipe={"zero_init_residual": True})

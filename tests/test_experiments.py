@@ -50,3 +50,27 @@ def test_mask_training_quick_run_writes_a_report_with_exact_budgets(tmp_path):
         assert 0.0 <= report[when]["disco"]["mean"] <= 1.0
     assert report["steps_per_variant"]["total"] == 30
     assert report["comm_reduction"] > 1
+
+
+@pytest.mark.slow
+def test_mask_training_with_directions_compares_random_channels_and_directions(tmp_path):
+    import jax
+
+    from disco_jax.data import FASHION_MNIST_DIR
+    from experiments import mask_training
+
+    if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("apt-get install dataset-fashion-mnist (CI installs it)")
+    report_path = tmp_path / "masks.json"
+    with jax.numpy_dtype_promotion("standard"):
+        assert mask_training.main(["--quick", "--directions", "--calibration-images", "64",
+                                   "--report", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["recipe"]["basis"] == "directions"
+    assert set(report["bytes_plan_vs_budget"]) == {"learned", "random", "no_comm",
+                                                   "dense_split", "random_directions"}
+    for variant, entry in report["bytes_plan_vs_budget"].items():
+        assert entry["exact"] and entry["plan"] == entry["budget"], variant
+    assert "random_directions_finetuned" in report["disco_minus"]
+    assert report["steps_per_variant"]["prune"] == 0  # masks set at once
+    assert report["steps_per_variant"]["total"] == 20

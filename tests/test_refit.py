@@ -110,14 +110,52 @@ def test_refit_fits_each_layer_to_the_inputs_the_refitted_layers_before_it_make(
                                    solution, rtol=1e-3, atol=1e-4)
 
 
-def test_refit_names_a_kxk_conv_and_leaves_the_model_as_it_was():
+def im2col(x, kernel, stride, pad):
+    """Receptive fields by hand: [B*Ho*Wo, K*K*C] in (kh, kw, c) order."""
+    x = np.pad(np.asarray(x, np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    b, h, w, c = x.shape
+    rows = []
+    for n in range(b):
+        for top in range(0, h - kernel + 1, stride):
+            for left in range(0, w - kernel + 1, stride):
+                rows.append(x[n, top:top + kernel, left:left + kernel, :].reshape(-1))
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_refit_of_a_kxk_conv_is_least_squares_over_its_receptive_fields(stride):
+    dense = dj.DiscoConv(8, 6, 3, strides=stride, padding=1, nodes=2, use_bias=False,
+                         rngs=nnx.Rngs(0))
+    model = masked_copy(dense, 1)
+    x = jax.random.normal(jax.random.key(4), (6, 7, 7, 8))
+    refit(model, dense, x, ridge=0.0)
+    fields = im2col(x, 3, stride, 1).reshape(-1, 9, 8)  # [rows, taps, C_in]
+    target = im2col(x, 3, stride, 1) @ np.asarray(dense.kernel[...], np.float64).reshape(-1, 6)
+    mask, kernel = np.asarray(model.mask[...]), np.asarray(model.kernel[...])
+    for i in range(2):
+        kept = np.concatenate([np.arange(j * 4, j * 4 + 4)[(mask[i, j] > 0) | (i == j)]
+                               for j in range(2)])
+        cols = np.arange(i * 3, i * 3 + 3)
+        solution = np.linalg.lstsq(fields[:, :, kept].reshape(len(fields), -1),
+                                   target[:, cols], rcond=None)[0]
+        np.testing.assert_allclose(kernel[:, :, kept][..., cols].reshape(-1, 3), solution,
+                                   rtol=1e-3, atol=1e-4)
+
+
+def test_refit_of_a_whole_cnn_reduces_every_layers_error():
     dense = TinyNet(nodes=2, k=4)
     model = nnx.clone(dense)
-    before = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
-    with pytest.raises(ConfigError, match=r"conv1 is a 3x3 conv; refit handles dense layers"):
-        refit(model, dense, jnp.ones((2, 8, 8, 1)))
-    after = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
-    assert jax.tree.all(jax.tree.map(np.array_equal, before, after))
+    for seed, layer in enumerate(sorted(dj.layers.disco_layers(model).items())):
+        if layer[1].spec.split_input:
+            layer[1].mask[...] = dj.random_mask(jax.random.key(seed), 2, layer[1].spec.group_in, 1)
+    x = jax.random.normal(jax.random.key(9), (16, 8, 8, 1))
+    dense.eval()
+    model.eval()
+    before = float(jnp.linalg.norm(model(x) - dense(x)))
+    errors = refit(model, dense, x)
+    after = float(jnp.linalg.norm(model(x) - dense(x)))
+    assert set(errors) == {"conv1", "down", "proj", "head"}
+    assert after < 0.5 * before
 
 
 def test_refit_refuses_a_dense_model_of_another_network():

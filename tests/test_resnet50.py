@@ -195,3 +195,85 @@ def test_infer_names_a_folder_that_holds_no_run(tmp_path, capsys):
 
     assert infer.main(["--run", str(tmp_path)]) == 2
     assert "holds no finished run" in capsys.readouterr().err
+
+
+DIRECTIONS = ["--quick", "--mesh", "2", "--prune-steps", "0", "--refit", "lstsq",
+              "--basis", "directions", "--refit-inputs", "dense", "--calibration-images", "64"]
+
+
+@pytest.fixture(scope="module")
+def directions_run(tmp_path_factory):
+    """A --quick run over seeds 0 and 1 in which DISCO sends reduced-rank directions."""
+    folder = tmp_path_factory.mktemp("directions")
+    code = resnet50.main([*DIRECTIONS, "--seeds", "0,1", "--out", str(folder / "run"),
+                          "--report", str(folder / "report.json")])
+    return code, json.loads((folder / "report.json").read_text()), folder
+
+
+@pytest.mark.slow
+def test_a_run_over_seeds_reports_each_seed_and_the_paired_differences(directions_run):
+    code, report, _ = directions_run
+    assert code == 0 and report["verified"]
+    assert report["seeds"] == [0, 1] and [r["seed"] for r in report["per_seed"]] == [0, 1]
+    for key in ("dense_split", "disco", "random_mask", "random_directions", "no_comm"):
+        values = [r["quality"][key] for r in report["per_seed"]]
+        assert report["quality"][key]["values"] == values
+        assert report["quality"][key]["mean"] == pytest.approx(np.mean(values))
+    lead = report["paired"]["disco - random_mask"]
+    assert lead["values"] == pytest.approx(
+        [100 * (r["quality"]["disco"] - r["quality"]["random_mask"]) for r in report["per_seed"]])
+    assert {"disco - random_directions", "disco - no_comm", "disco - dense_split"} <= set(
+        report["paired"])
+    assert [row["met"] for row in report["targets"]].count(None) == 0
+
+
+@pytest.mark.slow
+def test_disco_sends_directions_that_the_plan_carries_and_the_mesh_runs(directions_run):
+    _, report, folder = directions_run
+    import disco_jax as dj
+
+    seed0 = report["per_seed"][0]
+    assert seed0["recipe"]["basis"] == "directions"
+    plan = dj.load_plan(folder / "run" / "seed-0" / "plan")
+    sending = [layer for layer in plan.values() if layer.spec.split_input]
+    assert sending and all(layer.send_proj is not None for layer in sending)
+    # the sender's projections are counted: DISCO's FLOPs per node exceed the packed convs'
+    comm = seed0["comm_bytes_per_sample"]
+    assert comm["disco_hlo"] == comm["disco"] > 0
+    dist = seed0["distributed"]
+    assert dist["prediction_mismatches"] == dist["mismatches_that_are_ties"]
+
+
+@pytest.mark.slow
+def test_infer_loads_a_variant_that_sends_directions(directions_run, tmp_path, capsys):
+    from experiments import infer
+
+    _, report, folder = directions_run
+    seed0 = report["per_seed"][0]
+    assert infer.main(["--run", str(folder / "run" / "seed-0"),
+                       "--images", str(seed0["test_images"])]) == 0
+    assert f"top-1 {100 * seed0['quality']['disco']:.2f}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_runs_made_apart_summarise_to_the_same_report(directions_run, tmp_path):
+    from experiments import seeds
+
+    _, report, folder = directions_run
+    runs = [str(folder / "run" / f"seed-{seed}") for seed in (0, 1)]
+    assert seeds.main([*runs, "--report", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["paired"] == report["paired"] and again["targets"] == report["targets"]
+
+
+def test_directions_without_the_refit_are_refused(tmp_path, capsys):
+    assert resnet50.main(["--quick", "--basis", "directions", "--out",
+                          str(tmp_path / "run")]) == 2
+    assert "needs --prune-steps 0 and --refit lstsq" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_seeds_are_refused_before_any_work(capsys):
+    with pytest.raises(SystemExit):
+        resnet50.parse_args(["--seeds", "0,0"])
+    assert "names a seed twice" in capsys.readouterr().err

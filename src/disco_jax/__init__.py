@@ -5,12 +5,15 @@ subset of its channels. The public API is what this file re-exports:
 
 - mesh: :data:`AXIS`, :func:`make_mesh`, :func:`ensure_host_devices`
 - layers (training form): :class:`DiscoConv`, :class:`DiscoDense`,
-  :class:`LayerSpec`, :class:`CommMask`, :func:`disco_layers`
+  :class:`LayerSpec`, :class:`CommMask`, :class:`CommBasis` (a layer that
+  sends directions: ``layer.use_basis(...)``), :func:`disco_layers`
 - models: :mod:`disco_jax.models` (ResNet-18/34/50/101, ViT)
 - transformer parts: :mod:`disco_jax.transformer` (LayerNorm with ``psum``
   statistics, attention split by heads, window attention, MLP, blocks)
 - training: :mod:`disco_jax.train`, :mod:`disco_jax.sparsify` (mask methods),
   :mod:`disco_jax.refit` (least-squares refit of the weights that remain),
+  :mod:`disco_jax.projections` (sending the k reduced-rank directions of a
+  node's channels instead of k channels),
   :mod:`disco_jax.data`
 - masks: :func:`random_mask`, :func:`topk_mask`, :func:`dense_mask`,
   :func:`block_diagonal_mask`, :func:`k_for_ratio`, :func:`set_random_masks`
@@ -46,6 +49,7 @@ from disco_jax.inference import (
     to_inference as to_inference,
 )
 from disco_jax.layers import (
+    CommBasis as CommBasis,
     CommMask as CommMask,
     DiscoConv as DiscoConv,
     DiscoDense as DiscoDense,

@@ -8,6 +8,10 @@ the layer reads and k the plan's budget:
     FLOPs on one node        = 2 * taps * (C_out/N) * (C_in/N + (N-1)*k) + bias adds
     weights on one node      = K*K * (C_out/N) * (C_in/N + (N-1)*k) + C_out/N
 
+A layer that sends directions (a plan with ``send_proj``) adds, on the
+sender, its 1 x 1 projections: ``2 * P * (C_in/N) * (N-1)*k`` FLOPs and
+``(C_in/N) * (N-1)*k`` weights per node.
+
 ``taps`` counts, over all output pixels, the kernel taps that land inside the
 input; away from the borders that is H_out * W_out * K*K, the design's
 formula, and it is what XLA's cost analysis counts, so the two can be checked
@@ -114,21 +118,29 @@ def _variant(spec: LayerSpec, in_spatial, width: int, sent_per_pair: int, c_out:
 
 
 def layer_costs(spec: LayerSpec, k: int, in_spatial: Sequence[int], *,
-                payload_bytes: int = 4) -> dict[str, Cost]:
+                payload_bytes: int = 4, projected: bool = False) -> dict[str, Cost]:
     """Per-sample costs of one layer as ``{"single", "dense_split", "disco"}``.
 
     Arguments:
-      spec: the layer; k: the plan's channels per node pair.
+      spec: the layer; k: the plan's channels (or directions) per node pair.
       in_spatial: the input's spatial shape, ``(H, W)`` for a conv, the token
         shape (``()`` for ``[B, C]``) for a dense layer.
       payload_bytes: bytes per value sent (4 for float32).
+      projected: the layer sends directions (its plan has ``send_proj``): the
+        sender's projections are added to DISCO's FLOPs and weights.
     """
     n, g_in, g_out = spec.nodes, spec.group_in, spec.group_out
+    disco = _variant(spec, in_spatial, g_in + (n - 1) * k, k, g_out, payload_bytes)
+    if projected and spec.split_input:
+        sent = (n - 1) * k * g_in
+        disco = dataclasses.replace(
+            disco, flops=disco.flops + 2 * math.prod(read_spatial(spec, in_spatial)) * sent,
+            params=disco.params + sent)
     return {
         "single": _variant(dataclasses.replace(spec, nodes=1), in_spatial, spec.c_in, 0,
                            spec.c_out, payload_bytes),
         "dense_split": _variant(spec, in_spatial, spec.c_in, g_in, g_out, payload_bytes),
-        "disco": _variant(spec, in_spatial, g_in + (n - 1) * k, k, g_out, payload_bytes),
+        "disco": disco,
     }
 
 
@@ -214,7 +226,8 @@ def model_costs(model: nnx.Module, input_shape: Sequence[int], plan: Plan | None
     for name, layer in plan.items():
         if name not in shapes:
             raise ValueError(f"layer {name} is not called by the model's forward pass")
-        costs = layer_costs(layer.spec, layer.k, shapes[name][1:-1], payload_bytes=payload_bytes)
+        costs = layer_costs(layer.spec, layer.k, shapes[name][1:-1], payload_bytes=payload_bytes,
+                            projected=layer.send_proj is not None)
         layers[name] = {"input_shape": shapes[name][1:], "k": layer.k, **costs}
     norm_channels = sum(module.mean.shape[-1] for _, module in nnx.iter_modules(model)
                         if isinstance(module, nnx.BatchNorm))

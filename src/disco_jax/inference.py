@@ -47,11 +47,14 @@ class PlannedLinear(nnx.Module):
         self.send_idx = PlanArray(jnp.asarray(plan.send_idx))
         self.kernel = PlanArray(jnp.asarray(plan.kernel))
         self.bias = None if plan.bias is None else PlanArray(jnp.asarray(plan.bias))
+        self.send_proj = (None if plan.send_proj is None
+                          else PlanArray(jnp.asarray(plan.send_proj)))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         bias = None if self.bias is None else self.bias[...]
+        send_proj = None if self.send_proj is None else self.send_proj[...]
         return node_forward(self.spec, self.k, x, self.send_idx[...], self.kernel[...], bias,
-                            payload_dtype=self.payload_dtype)
+                            payload_dtype=self.payload_dtype, send_proj=send_proj)
 
 
 class ChannelAffine(nnx.Module):

@@ -17,6 +17,14 @@ This module owns the layer's arithmetic and its training form:
   reads channel c of sender node j. Its diagonal blocks are always read. It is
   a float array so that training methods may use it as a soft gate; a plan
   can only be compiled once it is binary with the same count k per pair.
+- :class:`CommBasis` (optional, :meth:`_DiscoLinear.use_basis`): per ordered
+  pair, the directions sender j's channels are read in. With a basis, what
+  travels from j to i is k linear combinations of j's channels (a 1 x 1
+  projection on the sender, ``x_j @ B[i, j][:, chosen]``) instead of k of
+  the channels themselves; the mask then chooses directions, and the kernel's
+  off-diagonal rows are the weights of those directions. Without one (the
+  default) a direction is a channel: selection is the special case
+  ``B[i, j] = I``.
 """
 
 from __future__ import annotations
@@ -173,6 +181,36 @@ def linear(spec: LayerSpec, x: jax.Array, kernel: jax.Array,
     return y
 
 
+def patches(spec: LayerSpec, x: jax.Array) -> jax.Array:
+    """The rows :func:`linear` multiplies: each output position's receptive field.
+
+    ``linear(spec, x, kernel, None)`` equals ``patches(spec, x) @
+    kernel.reshape(-1, C_o)`` reshaped to the output, for any input width C'
+    (the least-squares refit solves for kernels in this form).
+
+    Arguments:
+      x: ``[B, H, W, C']`` (conv, already passed through :func:`read_input`) or
+        ``[..., C']`` (dense).
+
+    Returns:
+      ``[rows, K*K*C']``, taps in the kernel's (kh, kw, c) order.
+    """
+    if spec.kind == "dense":
+        return x.reshape(-1, x.shape[-1])
+    if spec.kernel == 1 and (spec.subsamples_input or spec.stride == 1):
+        return x.reshape(-1, x.shape[-1])
+    width = x.shape[-1]
+    stride = 1 if spec.subsamples_input else spec.stride
+    padding = spec.padding
+    if isinstance(padding, int):
+        padding = [(padding, padding), (padding, padding)]
+    fields = jax.lax.conv_general_dilated_patches(
+        x, (spec.kernel, spec.kernel), (stride, stride), padding,
+        dimension_numbers=_DIMS)  # [B, Ho, Wo, C' * K * K], (c, kh, kw) order
+    fields = fields.reshape(-1, width, spec.kernel * spec.kernel)
+    return jnp.swapaxes(fields, 1, 2).reshape(-1, spec.kernel * spec.kernel * width)
+
+
 def weight_mask(spec: LayerSpec, mask: jax.Array) -> jax.Array:
     """Expands a node-pair channel mask to the kernel's (C_in, C_out) plane.
 
@@ -189,11 +227,47 @@ def weight_mask(spec: LayerSpec, mask: jax.Array) -> jax.Array:
     return jnp.repeat(per_input, spec.group_out, axis=1)
 
 
+def basis_kernel(spec: LayerSpec, kernel: jax.Array, read: jax.Array,
+                 basis: jax.Array | None) -> jax.Array:
+    """The training-form kernel in the network's own channels.
+
+    Arguments:
+      kernel: ``[*K, C_in, C_out]``; its off-diagonal rows are the weights of
+        the basis directions (of the channels themselves when ``basis`` is None).
+      read: ``f32[N, N, C_in/N]``, the mask (diagonal blocks forced to 1).
+      basis: ``f32[N, N, C_in/N, C_in/N]`` or None; ``basis[i, j][:, d]`` is
+        direction d of sender j as receiver i reads it (diagonal blocks unused).
+
+    Returns:
+      ``[*K, C_in, C_out]`` with block (j, i) = ``B[i, j] @ diag(m[i, j]) @ W_ij``
+      off the diagonal and ``W_ii`` on it.
+    """
+    n, g_in, g_out = spec.nodes, spec.group_in, spec.group_out
+    eye = jnp.eye(n, dtype=bool)
+    read = jnp.where(eye[:, :, None], jnp.ones_like(read), read)
+    if basis is None:
+        mask = weight_mask(spec, read)
+        return kernel * mask.reshape((1,) * (kernel.ndim - 2) + mask.shape)
+    identity = jnp.broadcast_to(jnp.eye(g_in, dtype=basis.dtype), basis.shape)
+    basis = jnp.where(eye[:, :, None, None], identity, basis) * read[:, :, None, :]
+    blocks = kernel.reshape(-1, n, g_in, n, g_out)  # [taps, j, direction, i, o]
+    mixed = jnp.einsum("ijcd,tjdio->tjcio", basis, blocks)
+    return mixed.reshape(kernel.shape)
+
+
 class CommMask(nnx.Variable):
     """Which channels each node reads from each other node: ``f32[N, N, C_in/N]``.
 
     A separate variable type, so that optimisers and checkpoints can treat it
     apart from the weights (``nnx.state(model, CommMask)``).
+    """
+
+
+class CommBasis(nnx.Variable):
+    """The directions each node reads another node's channels in:
+    ``f32[N, N, C_in/N, C_in/N]``, ``basis[i, j][:, d]`` = direction d of sender
+    j for receiver i (diagonal blocks unused). Not trained by the optimiser
+    (it is not an ``nnx.Param``); set by :mod:`disco_jax.projections`.
     """
 
 
@@ -235,14 +309,36 @@ class _DiscoLinear(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((spec.c_out,), jnp.float32)) if spec.use_bias else None
         # a layer on the replicated input reads everything and has no mask
         self.mask = CommMask(jnp.ones(spec.mask_shape, jnp.float32)) if spec.split_input else None
+        self.basis = nnx.data(None)  # directions are channels; see use_basis
+
+    def use_basis(self, basis: jax.Array | None = None) -> None:
+        """Reads the other nodes' channels in a basis of directions from now on
+        (:class:`CommBasis`; default: the identity, which changes nothing).
+
+        Raises:
+          ConfigError: the layer reads the replicated input (nothing travels), or
+            ``basis`` is not ``[N, N, C_in/N, C_in/N]``.
+        """
+        spec = self.spec
+        if not spec.split_input:
+            raise ConfigError(f"{self.name}: a layer on the replicated network input sends "
+                              "nothing, so it has no basis to read other nodes in")
+        shape = (*spec.mask_shape, spec.group_in)
+        if basis is None:
+            basis = jnp.broadcast_to(jnp.eye(spec.group_in, dtype=jnp.float32), shape)
+        if tuple(basis.shape) != shape:
+            raise ConfigError(f"{self.name}: a basis is [N, N, C_in/N, C_in/N] = {shape}, "
+                              f"got {tuple(basis.shape)}")
+        self.basis = nnx.data(CommBasis(jnp.asarray(basis, jnp.float32)))
 
     def masked_kernel(self) -> jax.Array:
-        """The training-form kernel: off-diagonal blocks multiplied by the mask."""
+        """The training-form kernel: off-diagonal blocks multiplied by the mask
+        (and read in the layer's basis, if it has one: :func:`basis_kernel`)."""
         kernel = self.kernel[...]
         if not self.spec.split_input:
             return kernel
-        mask = weight_mask(self.spec, self.mask[...])
-        return kernel * mask.reshape((1,) * (kernel.ndim - 2) + mask.shape)
+        basis = None if self.basis is None else self.basis[...]
+        return basis_kernel(self.spec, kernel, self.mask[...], basis)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Training form: the whole layer on one device, all C_in channels in.

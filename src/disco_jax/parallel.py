@@ -13,8 +13,6 @@ function in ``jit(shard_map(...))``.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,7 +54,8 @@ def _from_wire(x: jax.Array, payload_dtype, dtype) -> jax.Array:
 
 def node_forward(spec: LayerSpec, k: int, x: jax.Array, send_idx: jax.Array,
                  kernel: jax.Array, bias: jax.Array | None, *,
-                 payload_dtype: jnp.dtype | None = None) -> jax.Array:
+                 payload_dtype: jnp.dtype | None = None,
+                 send_proj: jax.Array | None = None) -> jax.Array:
     """One node's share of a DISCO layer; call inside ``shard_map`` over ``AXIS``.
 
     Arguments (local shapes):
@@ -66,6 +65,9 @@ def node_forward(spec: LayerSpec, k: int, x: jax.Array, send_idx: jax.Array,
       kernel: ``f32[1, *K, C_in/N + (N-1)*k, C_out/N]``: this node's packed kernel.
       bias: ``f32[1, C_out/N]`` or None.
       payload_dtype: dtype the sent values travel in (default: that of ``x``).
+      send_proj: ``f32[1, N-1, C_in/N, k]`` or None: the directions this node
+        sends at each shift (``x @ send_proj``) instead of the channels
+        ``send_idx`` names.
 
     Returns:
       ``f32[B, H_out, W_out, C_out/N]`` or ``f32[..., C_out/N]``: this node's outputs.
@@ -76,8 +78,11 @@ def node_forward(spec: LayerSpec, k: int, x: jax.Array, send_idx: jax.Array,
         for shift in range(1, spec.nodes):
             # Plans hold sorted, unique, in-range indices (LayerPlan checks): "clip"
             # then costs no masking and XLA sees a plain gather.
-            sent = jnp.take(x, send_idx[0, shift - 1], axis=-1,  # [..., k]
-                            mode="clip", unique_indices=True, indices_are_sorted=True)
+            if send_proj is None:
+                sent = jnp.take(x, send_idx[0, shift - 1], axis=-1,  # [..., k]
+                                mode="clip", unique_indices=True, indices_are_sorted=True)
+            else:  # k directions: a 1x1 projection on the sender
+                sent = jnp.matmul(x, send_proj[0, shift - 1])  # [..., k]
             sent = _to_wire(sent, payload_dtype)
             received = jax.lax.ppermute(sent, AXIS, shift_permutation(spec.nodes, shift))
             parts.append(_from_wire(received, payload_dtype, x.dtype))
@@ -109,17 +114,24 @@ class DistributedLayer:
         self.send_idx = shard_nodes(jnp.asarray(plan.send_idx), mesh)
         self.kernel = shard_nodes(jnp.asarray(plan.kernel), mesh)
         self.bias = None if plan.bias is None else shard_nodes(jnp.asarray(plan.bias), mesh)
+        self.send_proj = (None if plan.send_proj is None
+                          else shard_nodes(jnp.asarray(plan.send_proj), mesh))
         self._fns = {}
 
     def _fn(self, ndim: int):
         if ndim not in self._fns:
-            body = functools.partial(node_forward, self.plan.spec, self.plan.k,
-                                     payload_dtype=self.payload_dtype)
-            bias_spec = node_spec() if self.bias is not None else PartitionSpec()
+            def body(x, send_idx, kernel, bias, send_proj):
+                return node_forward(self.plan.spec, self.plan.k, x, send_idx, kernel, bias,
+                                    payload_dtype=self.payload_dtype, send_proj=send_proj)
+
+            def spec_of(array):
+                return node_spec() if array is not None else PartitionSpec()
+
             x_spec = channel_spec(ndim) if self.plan.spec.split_input else PartitionSpec()
             self._fns[ndim] = jax.jit(jax.shard_map(
                 body, mesh=self.mesh,
-                in_specs=(x_spec, node_spec(), node_spec(), bias_spec),
+                in_specs=(x_spec, node_spec(), node_spec(), spec_of(self.bias),
+                          spec_of(self.send_proj)),
                 out_specs=channel_spec(ndim)))
         return self._fns[ndim]
 
@@ -133,10 +145,10 @@ class DistributedLayer:
 
     def inputs(self, x: jax.Array) -> tuple:
         """The arguments of the sharded function: ``x`` split over channels, then
-        the placed plan arrays (send indices, packed kernel, bias)."""
+        the placed plan arrays (send indices, packed kernel, bias, projections)."""
         self._check(x)
         place = shard_channels if self.plan.spec.split_input else replicate
-        return place(x, self.mesh), self.send_idx, self.kernel, self.bias
+        return place(x, self.mesh), self.send_idx, self.kernel, self.bias, self.send_proj
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self._fn(np.ndim(x))(*self.inputs(x))

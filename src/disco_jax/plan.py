@@ -7,7 +7,11 @@ A plan is what inference needs and nothing more. Per DISCO layer it holds
 - ``kernel: f32[N, *K, C_in/N + (N-1)*k, C_out/N]``: each node's packed
   weights (its own input channels first, then the channels received at shift
   1, 2, ...); weights that read unsent channels are gone,
-- ``bias: f32[N, C_out/N]`` (or None).
+- ``bias: f32[N, C_out/N]`` (or None),
+- ``send_proj: f32[N, N-1, C_in/N, k]`` (or None): for a layer that sends
+  directions rather than channels (a :class:`~disco_jax.layers.CommBasis`),
+  the 1 x 1 projection node j applies to its channels before sending at shift
+  s; ``send_idx`` then names the directions (the kernel rows they meet).
 
 It is derived from a trained layer by :func:`compile_layer` /
 :func:`compile_plan`, never edited by hand. On disk (:func:`save_plan`) a plan
@@ -34,8 +38,10 @@ from disco_jax.layers import LayerSpec, _DiscoLinear, disco_layers
 from disco_jax.masks import check_k, mask_to_indices
 
 FORMAT = "disco_jax.plan"
-VERSION = 1
-_ARRAYS = ("send_idx", "kernel", "bias")
+VERSION = 2
+"""Version 2 added ``send_proj``; version-1 plans (without it) still load."""
+READS = (1, 2)
+_ARRAYS = ("send_idx", "kernel", "bias", "send_proj")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -48,6 +54,7 @@ class LayerPlan:
     send_idx: np.ndarray
     kernel: np.ndarray
     bias: np.ndarray | None
+    send_proj: np.ndarray | None = None
 
     def __post_init__(self):
         spec, n = self.spec, self.spec.nodes
@@ -56,6 +63,7 @@ class LayerPlan:
             "send_idx": (n, n - 1, self.k),
             "kernel": (n, *spec.packed_kernel_shape(self.k)),
             "bias": (n, spec.group_out) if spec.use_bias else None,
+            "send_proj": None if self.send_proj is None else (n, n - 1, spec.group_in, self.k),
         }
         for field, shape in expected.items():
             value = getattr(self, field)
@@ -137,15 +145,24 @@ def compile_layer(layer: _DiscoLinear, name: str | None = None) -> LayerPlan:
     """
     name = name or layer.name
     spec = layer.spec
+    n = spec.nodes
     if spec.split_input:
         k, send_idx = mask_to_indices(layer.mask[...], name)
     else:  # the replicated input: nothing is sent
-        k, send_idx = 0, np.zeros((spec.nodes, spec.nodes - 1, 0), np.int32)
+        k, send_idx = 0, np.zeros((n, n - 1, 0), np.int32)
     bias = None
     if spec.use_bias:
-        bias = np.asarray(layer.bias[...]).reshape(spec.nodes, spec.group_out)
+        bias = np.asarray(layer.bias[...]).reshape(n, spec.group_out)
+    send_proj = None
+    if spec.split_input and layer.basis is not None:  # directions: sender j projects
+        basis = np.asarray(layer.basis[...])
+        send_proj = np.zeros((n, n - 1, spec.group_in, k), np.float32)
+        for j in range(n):
+            for s in range(1, n):
+                send_proj[j, s - 1] = basis[(j + s) % n, j][:, send_idx[j, s - 1]]
     return LayerPlan(name, spec, k, send_idx,
-                     pack_kernel(spec, np.asarray(layer.kernel[...]), send_idx), bias)
+                     pack_kernel(spec, np.asarray(layer.kernel[...]), send_idx), bias,
+                     send_proj)
 
 
 def compile_plan(model: nnx.Module) -> Plan:
@@ -244,8 +261,9 @@ def load_plan(path: str | os.PathLike, model: nnx.Module | None = None) -> Plan:
         meta = json.loads(meta_file.read_text())
         if meta.get("format") != FORMAT:
             raise ValueError(f"format is {meta.get('format')!r}, not {FORMAT!r}")
-        if meta.get("version") != VERSION:
-            raise ValueError(f"version {meta.get('version')!r}; this disco_jax reads {VERSION}")
+        if meta.get("version") not in READS:
+            raise ValueError(f"version {meta.get('version')!r}; this disco_jax reads "
+                             f"versions {', '.join(map(str, READS))}")
         entries = meta["layers"]
         specs = {e["name"]: LayerSpec(**e["spec"]) for e in entries}
     except (ValueError, KeyError, TypeError) as err:

@@ -189,8 +189,9 @@ def _restore(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer, ki
 
 def restore_model(model: nnx.Module, checkpoint_dir: str | os.PathLike) -> int:
     """Loads the latest checkpoint :func:`train` wrote in ``checkpoint_dir``
-    into ``model`` (weights, BatchNorm statistics and masks; the optimiser
-    state is read and dropped: :func:`restore_run` keeps it).
+    into ``model`` (weights, BatchNorm statistics, masks and the bases of
+    layers that send directions; the optimiser state is read and dropped:
+    :func:`restore_run` keeps it).
 
     Returns:
       the step the checkpoint was written at.
@@ -223,6 +224,7 @@ def restore_run(model: nnx.Module, checkpoint_dir: str | os.PathLike, *,
                                   "a training run saved to")
         # the optimiser's state has the same structure whatever its settings but its kind
         meta = _meta(manager, step)
+        _adopt_bases(model, meta.get("signature", {}))
         saved = meta.get("optimizer", "sgd")
         state = nnx.Optimizer(model, make_optimizer(TrainConfig(steps=1, optimizer=saved)),
                               wrt=nnx.Param)
@@ -230,6 +232,17 @@ def restore_run(model: nnx.Module, checkpoint_dir: str | os.PathLike, *,
     finally:
         manager.close()
     return step, state
+
+
+def _adopt_bases(model: nnx.Module, signature: dict[str, list[int]]) -> None:
+    """Gives each DISCO layer that reads in a basis of directions in the
+    checkpoint (its ``basis`` in ``signature``) a basis to restore into (the
+    identity until restored: the same function)."""
+    from disco_jax.layers import disco_layers
+
+    for name, layer in disco_layers(model).items():
+        if layer.basis is None and f"{name}/basis" in signature and layer.spec.split_input:
+            layer.use_basis()
 
 
 def _save(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer, kind: str) -> None:

@@ -1,0 +1,176 @@
+"""The seed protocol: one run per seed, then mean ± std and paired differences.
+
+``--seeds 0,1,2,3,4`` on any pipeline experiment runs the whole job once per
+seed (each seed trains its own dense model, with its own initialisation and
+data order, then its own calibration images and random channels) and
+:func:`over_seeds` summarises the runs:
+
+- each variant's top-1: mean ± sample std over seeds;
+- paired differences, seed by seed, in points: DISCO - random masks (and
+  random directions where the run has them), DISCO - no communication,
+  DISCO - dense split;
+- the targets, judged on the paired differences: a target is met only when
+  the paired mean is more than two standard errors (std / sqrt(seeds)) past
+  its threshold, and "within G points of the dense split" also in every seed.
+  One seed is not evidence: with one seed no quality target is met.
+
+Runs made apart (say, two processes pinned to one core each) are summarised
+afterwards from the ``report.json`` each run writes into its folder:
+
+    python -m experiments.seeds runs/resnet50-n2/seed-0 runs/resnet50-n2/seed-1 \
+        [--report reports/seeds.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from experiments.compare import stats, write_report
+
+PAIRED = (("random_mask", "random masks"), ("random_directions", "random directions"),
+          ("no_comm", "no communication"), ("dense_split", "dense split"))
+"""What DISCO is compared with, seed by seed (report key, name)."""
+
+
+def _standard_error(summary: dict) -> float | None:
+    count = len(summary["values"])
+    return None if summary["std"] is None else summary["std"] / math.sqrt(count)
+
+
+def over_seeds(runs: list[dict], goals) -> dict:
+    """The multi-seed report: the first run's description and costs (the same
+    in every seed), ``quality`` as mean ± std, ``paired`` differences in
+    points, ``targets`` judged on them, and every run under ``per_seed``.
+
+    Arguments:
+      runs: one report per seed (:func:`experiments.pipeline.run`).
+      goals: the experiment's :class:`~experiments.pipeline.Targets`.
+    """
+    first = runs[0]
+    keys = [key for key, value in first["quality"].items()
+            if key != "metric" and value is not None]
+    quality = {"metric": first["quality"]["metric"]}
+    quality.update({key: stats([r["quality"][key] for r in runs]) for key in keys})
+    paired = {}
+    for key, _ in PAIRED:
+        if key in keys and "disco" in keys:
+            paired[f"disco - {key}"] = stats(
+                [100 * (r["quality"]["disco"] - r["quality"][key]) for r in runs])
+    report = {key: first[key] for key in ("model", "task", "dataset", "input_shape", "nodes",
+                                          "comm_ratio", "payload_dtype", "preset",
+                                          "steps_per_variant", "recipe",
+                                          "comm_bytes_per_sample", "comm_reduction",
+                                          "flops_per_node", "params_per_node") if key in first}
+    report |= {"seeds": [r["seed"] for r in runs], "quality": quality, "paired": paired,
+               "max_abs_diff_vs_reference": max(r["max_abs_diff_vs_reference"] for r in runs),
+               "verified": all(r["verified"] for r in runs), "per_seed": runs}
+    report["targets"] = seed_targets(report, goals)
+    return report
+
+
+def seed_targets(report: dict, goals) -> list[dict]:
+    """The quality targets over seeds: ``{"what", "measured", "met"}`` each."""
+    rows = []
+    runs = report["per_seed"]
+    hlo = [r["comm_bytes_per_sample"]["dense_split"] / r["comm_bytes_per_sample"]["disco_hlo"]
+           for r in runs if r["comm_bytes_per_sample"]["disco_hlo"]]
+    if hlo:
+        rows.append({"what": f"communication >= {goals.comm_reduction:g}x below the dense "
+                             "split (compiled HLO), every seed",
+                     "measured": f"{min(hlo):.2f}x", "met": min(hlo) >= goals.comm_reduction})
+    gap = report["paired"].get("disco - dense_split")
+    if gap is not None:
+        error = _standard_error(gap)
+        worst = min(gap["values"])
+        met = (error is not None and worst >= -goals.gap
+               and gap["mean"] - 2 * error > -goals.gap)
+        rows.append({"what": f"DISCO within {goals.gap:.1f} point of the dense split, every "
+                             "seed and mean - 2 SE",
+                     "measured": f"{gap['mean']:+.2f} ± {error or 0:.2f} SE, worst {worst:+.2f}",
+                     "met": met})
+    for key, name in PAIRED[:2]:
+        lead = report["paired"].get(f"disco - {key}")
+        if lead is None:
+            continue
+        error = _standard_error(lead)
+        rows.append({"what": f"DISCO above {name} at the same bytes by > 2 SE",
+                     "measured": f"{lead['mean']:+.2f} ± {error or 0:.2f} SE",
+                     "met": error is not None and lead["mean"] - 2 * error > 0})
+    return rows
+
+
+def format_seeds(report: dict) -> str:
+    """The terminal table of a multi-seed report."""
+    quality, runs = report["quality"], report["per_seed"]
+    columns = [(key, name) for key, name in (("dense_split", "dense split"), ("disco", "DISCO"),
+                                             *PAIRED[:3]) if key in quality]
+    columns = list(dict.fromkeys(columns))
+    width = max(len(name) for _, name in columns) + 2
+    header = f"  {'seed':>6}" + "".join(f"{name:>{width}}" for _, name in columns)
+    rows = [f"over seeds {', '.join(map(str, report['seeds']))}: top-1 % on "
+            f"{runs[0]['test_images']} test images", header]
+    for run in runs:
+        rows.append(f"  {run['seed']:>6}" + "".join(
+            f"{100 * run['quality'][key]:>{width}.2f}" for key, _ in columns))
+    rows.append(f"  {'mean':>6}" + "".join(
+        f"{100 * quality[key]['mean']:>{width}.2f}" for key, _ in columns))
+    rows.append(f"  {'std':>6}" + "".join(
+        f"{100 * (quality[key]['std'] or 0):>{width}.2f}" for key, _ in columns))
+    rows.append("paired differences, points (mean ± std; per seed):")
+    for name, summary in report["paired"].items():
+        rows.append(f"  {name:28} {summary['mean']:+6.2f} ± {summary['std'] or 0:.2f}   ("
+                    + ", ".join(f"{v:+.2f}" for v in summary["values"]) + ")")
+    rows.append("targets over seeds (met only when the paired mean is more than two standard "
+                "errors past the threshold):")
+    for row in report["targets"]:
+        verdict = "met" if row["met"] else "NOT met"
+        rows.append(f"  {row['what']:62} {row['measured']:>30}   {verdict}")
+    rows.append(f"every seed: distributed == reference, HLO bytes == plan bytes, budgets exact: "
+                f"{'yes' if report['verified'] else 'NO'}")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.seeds",
+                                     description="Summarise runs of one experiment made with "
+                                                 "different seeds.")
+    parser.add_argument("runs", type=Path, nargs="+",
+                        help="run folders (each holds the report.json its run wrote)")
+    parser.add_argument("--report", type=Path, help="write the summary as JSON here")
+    args = parser.parse_args(argv)
+    from disco_jax.errors import ConfigError
+    from experiments.pipeline import network_of
+
+    try:
+        runs = []
+        for folder in args.runs:
+            record = folder / "report.json"
+            if not record.is_file():
+                raise ConfigError(f"{folder} holds no finished run ({record} is missing); "
+                                  "give the --out folder of a finished run")
+            runs.append(json.loads(record.read_text()))
+        settings = {(r["model"], r["nodes"], r["comm_ratio"], json.dumps(r["recipe"]),
+                     json.dumps(r["steps_per_variant"])) for r in runs}
+        if len(settings) > 1:
+            raise ConfigError("these runs differ in more than their seed (model, nodes, comm "
+                              "ratio, recipe or steps); summarise runs of one setting")
+        seeds = [r["seed"] for r in runs]
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"two of these runs have the same seed: {seeds}")
+        report = over_seeds(runs, network_of(runs[0]["model"]).targets)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_seeds(report))
+    if args.report:
+        write_report(args.report, report)
+        print(f"report written to {args.report}")
+    return 0 if report["verified"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
