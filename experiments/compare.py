@@ -126,7 +126,6 @@ class Schedule:
         if self.refit_inputs not in REFIT_INPUTS:
             raise ConfigError(f"refit_inputs must be one of {REFIT_INPUTS}, got "
                               f"{self.refit_inputs!r}")
-
         if self.basis == "directions" and (self.prune_steps or self.refit != "lstsq"):
             raise ConfigError(
                 "basis 'directions' chooses what travels layer by layer inside the "

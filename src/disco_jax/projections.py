@@ -44,9 +44,12 @@ CHOICES = ("reduced_rank", "random_directions")
 def _set(layer: _DiscoLinear, comm_ratio: float, name: str, direction_of,
          x: jax.Array) -> None:
     """Gives ``layer`` per pair the basis ``direction_of(i, j, channel_kernel)``
-    (``f64[G, G]``, columns by importance), the first k directions read, and its
-    kernel rewritten into that basis."""
+    (``f64[G, G]``, columns by importance), each direction scaled so that what
+    it sends has the RMS of the sender's channels on ``x`` (a direction then
+    travels, and trains, like a channel), the first k directions read, and
+    its kernel rewritten into that basis."""
     spec = layer.spec
+    rows = np.asarray(x, np.float64).reshape(-1, spec.c_in)
     n, g, g_out = spec.nodes, spec.group_in, spec.group_out
     k = k_for_ratio(comm_ratio, g, name)
     full = jnp.ones(spec.mask_shape, jnp.float32)
@@ -62,6 +65,12 @@ def _set(layer: _DiscoLinear, comm_ratio: float, name: str, direction_of,
                 continue
             weights = blocks[:, j, :, i, :].transpose(1, 0, 2).reshape(g, -1)  # [G, taps*o]
             directions = direction_of(i, j, weights)
+            sender = rows[:, j * g:(j + 1) * g]
+            sent_rms = np.sqrt(np.mean((sender @ directions) ** 2, axis=0))
+            channel_rms = np.sqrt(np.mean(sender ** 2))
+            if channel_rms > 0:  # a silent direction keeps its scale
+                directions = directions * np.where(sent_rms > 0, channel_rms / np.where(
+                    sent_rms > 0, sent_rms, 1.0), 1.0)
             bases[i, j] = directions
             rotated = np.linalg.solve(directions, weights)  # B^{-1} W: same function
             blocks[:, j, :, i, :] = rotated.reshape(g, -1, g_out).transpose(1, 0, 2)
