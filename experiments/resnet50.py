@@ -64,7 +64,14 @@ NETWORK = pipeline.Network(
     choices={"stem": ("imagenet", "small"), "refit": REFITS, "basis": BASES,
              "refit_inputs": REFIT_INPUTS},
     helps={"stem": "imagenet: 7x7/2 conv + max-pool (standard, default); small: 3x3/1 conv "
-                   "(16x more work in the first stage at 28-32 px)"},
+                   "(16x more work in the first stage at 28-32 px)",
+           "basis": "channels (default): the learned masks choose among the network's own "
+                    "channels; directions: each node sends per pair and layer the k "
+                    "reduced-rank directions of its channels (needs --prune-steps 0 "
+                    "--refit lstsq)",
+           "refit_inputs": "with --refit lstsq: masked (each layer fitted on the input the "
+                           "refitted layers before it make; one forward pass per layer) or "
+                           "dense (on the dense model's; one pass)"},
     recipe={"zero_init_residual": True})
 
 parse_args, main, verified = NETWORK.parse_args, NETWORK.main, pipeline.verified

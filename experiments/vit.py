@@ -86,7 +86,9 @@ NETWORK = pipeline.Network(
                     "weights by least squares to the dense model's layer outputs; none",
            "basis": "principal (default): the learned masks choose among the principal "
                     "directions of what a node holds that the others cannot predict (the "
-                    "same network, rewritten); channels: among its own channels"})
+                    "same network, rewritten); channels: among its own channels; "
+                    "directions: each node sends per pair and layer k reduced-rank "
+                    "directions of its channels (a projection before sending)"})
 
 parse_args, main, verified = NETWORK.parse_args, NETWORK.main, pipeline.verified
 

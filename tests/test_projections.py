@@ -174,7 +174,7 @@ def test_random_directions_are_orthogonal_seeded_and_sent_at_the_channels_scale(
     basis = np.asarray(first.basis[...], np.float64)[0, 1]
     gram = basis.T @ basis
     np.testing.assert_allclose(gram, np.diag(np.diag(gram)), atol=1e-4)
-    sender = np.asarray(x, np.float64)[..., :6].reshape(-1, 6)
+    sender = np.asarray(x, np.float64)[..., 6:].reshape(-1, 6)  # node 1 sends to node 0
     np.testing.assert_allclose(np.sqrt(np.mean((sender @ basis) ** 2, axis=0)),
                                np.sqrt(np.mean(sender ** 2)), rtol=1e-4)
     np.testing.assert_array_equal(first.basis[...], second.basis[...])

@@ -197,13 +197,15 @@ def test_infer_names_a_folder_that_holds_no_run(tmp_path, capsys):
     assert "holds no finished run" in capsys.readouterr().err
 
 
-DIRECTIONS = ["--quick", "--mesh", "2", "--prune-steps", "0", "--refit", "lstsq",
-              "--basis", "directions", "--refit-inputs", "dense", "--calibration-images", "64"]
+DIRECTIONS = ["--quick", "--model", "resnet18", "--mesh", "2", "--prune-steps", "0",
+              "--refit", "lstsq", "--basis", "directions", "--refit-inputs", "dense",
+              "--calibration-images", "64"]
 
 
 @pytest.fixture(scope="module")
 def directions_run(tmp_path_factory):
-    """A --quick run over seeds 0 and 1 in which DISCO sends reduced-rank directions."""
+    """A --quick run (ResNet-18) over seeds 0 and 1 in which DISCO sends reduced-rank
+    directions."""
     folder = tmp_path_factory.mktemp("directions")
     code = resnet50.main([*DIRECTIONS, "--seeds", "0,1", "--out", str(folder / "run"),
                           "--report", str(folder / "report.json")])
