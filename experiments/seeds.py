@@ -154,7 +154,9 @@ def main(argv=None) -> int:
                                   "give the --out folder of a finished run")
             runs.append(json.loads(record.read_text()))
         settings = {(r["model"], r["nodes"], r["comm_ratio"], json.dumps(r["recipe"]),
-                     json.dumps(r["steps_per_variant"])) for r in runs}
+                     json.dumps({k: v for k, v in r["steps_per_variant"].items()
+                                 if k != "init"}))  # each seed's own dense checkpoint
+                    for r in runs}
         if len(settings) > 1:
             raise ConfigError("these runs differ in more than their seed (model, nodes, comm "
                               "ratio, recipe or steps); summarise runs of one setting")
