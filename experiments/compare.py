@@ -64,7 +64,7 @@ default (:attr:`Schedule.calibration_images`)."""
 
 QUALITY_KEYS = {"learned": "disco", "random": "random_mask", "no_comm": "no_comm",
                 "dense_split": "dense_split", "random_directions": "random_directions"}
-"""The variants' keys in the report schema (DESIGN.md section 8)."""
+"""The variants' keys in the report schema (DESIGN.md section 7)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,7 @@ the same step budget: a pruning phase, in which every pruned variant reaches
 its budget on the same step, and a fine-tuning phase with the masks fixed.
 Test accuracy is measured right after the pruning phase and after
 fine-tuning, as mean and std over seeds. The report follows DESIGN.md section
-8, with the spread and the steps/images each variant saw; its "single" figure
+7, with the spread and the steps/images each variant saw; its "single" figure
 is the dense split's (the same network with every channel read, computed on
 one device or split: the same function).
 

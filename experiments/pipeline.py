@@ -19,7 +19,7 @@ Per run, on the offline default data (Fashion-MNIST from the Debian package):
    devices when the machine has fewer) over the test set, and check it
    against the single-device masked reference; the other variants' top-1 is
    measured on the mesh as well;
-5. print the DESIGN.md section 8 table, write it as JSON (``--report``) and
+5. print the DESIGN.md section 7 table, write it as JSON (``--report``) and
    draw the PNG plots (bytes per layer; accuracy against comm ratio with
    ``--sweep``).
 
@@ -474,7 +474,7 @@ def _masks_line(recipe: dict, steps: dict) -> list[str]:
 
 
 def format_report(report: dict, network: Network) -> str:
-    """The terminal table (DESIGN.md section 8 fields)."""
+    """The terminal table (DESIGN.md section 7 fields)."""
 
     def pct(value):
         return "     -" if value is None else f"{100 * value:6.2f}"

@@ -2,7 +2,7 @@
 
 :func:`verify_layer` runs one DISCO layer both ways on the same input and
 reads what XLA compiled, so that every figure the project reports can be
-cross-checked (DESIGN.md section 7): the output difference, the bytes of the
+cross-checked (DESIGN.md section 6): the output difference, the bytes of the
 ``collective-permute`` ops against the plan's bytes, and XLA's FLOPs against
 the accounting formula.
 """
