@@ -62,6 +62,11 @@ CALIBRATION_IMAGES = 512
 """Training images that masks set at once and the refit are computed on, by
 default (:attr:`Schedule.calibration_images`)."""
 
+DISTILL = dict(distill=0.0, distill_temperature=4.0)
+"""No distillation by default (:attr:`Schedule.distill`); every network's
+presets carry these, so ``--distill W`` and ``--distill-temperature T`` exist
+on every pipeline experiment."""
+
 QUALITY_KEYS = {"learned": "disco", "random": "random_mask", "no_comm": "no_comm",
                 "dense_split": "dense_split", "random_directions": "random_directions"}
 """The variants' keys in the report schema (DESIGN.md section 7)."""
@@ -104,6 +109,10 @@ class Schedule:
       refit_inputs: what each layer is refitted on (:func:`disco_jax.refit.refit`):
         ``"masked"``, the input the refitted layers before it make (one forward
         pass per layer), or ``"dense"``, the dense model's (one pass in all).
+      distill: the weight of distillation from the dense model in every
+        variant's pruning and fine-tuning (:class:`disco_jax.train.Distillation`;
+        0: labels only). Every variant alike, the dense split included.
+      distill_temperature: the distillation's temperature.
     """
 
     prune_steps: int
@@ -119,6 +128,8 @@ class Schedule:
     basis: str = "channels"
     calibration_images: int = CALIBRATION_IMAGES
     refit_inputs: str = "masked"
+    distill: float = 0.0
+    distill_temperature: float = 4.0
 
     def __post_init__(self):
         from disco_jax.errors import ConfigError
@@ -134,6 +145,17 @@ class Schedule:
         if self.calibration_images < 1:
             raise ConfigError(f"calibration_images must be positive, got "
                               f"{self.calibration_images}")
+        self.distillation  # checks the weight and the temperature
+
+    @property
+    def distillation(self):
+        """The :class:`~disco_jax.train.Distillation` every variant trains
+        with, or None (``distill == 0``)."""
+        from disco_jax.train import Distillation
+
+        if self.distill == 0.0:
+            return None
+        return Distillation(self.distill, self.distill_temperature)
 
     @property
     def steps(self) -> int:
@@ -252,6 +274,8 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
         return None if checkpoint_dir is None else checkpoint_dir / phase
 
     model = nnx.clone(dense)
+    distill = schedule.distillation
+    teacher = None if distill is None else dense  # left as it is: train runs it, changes nothing
     images, labels = calibration(train_split, seed, schedule.calibration_images)
     if schedule.basis == "principal" and variant == "learned":
         principal_basis(model, images)
@@ -271,7 +295,7 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
     if schedule.prune_steps > 0:
         optimizer = train(model, train_split, classes, prune_config, method=method,
                           optimizer=optimizer, checkpoint_dir=folder("prune"),
-                          until=start + schedule.prune_steps,
+                          until=start + schedule.prune_steps, teacher=teacher, distill=distill,
                           description=f"{label}{variant} prune").optimizer
     elif choose is None:  # the masks at once, on the calibration images
         method.update(model, start, images=images, labels=labels)
@@ -279,7 +303,7 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
         refit(model, dense, images, choose=choose, inputs=schedule.refit_inputs)
     at_budget = evaluate_fn(model)
     train(model, train_split, classes, finetune_config, optimizer=None if fresh else optimizer,
-          checkpoint_dir=folder("finetune"),
+          checkpoint_dir=folder("finetune"), teacher=teacher, distill=distill,
           description=f"{label}{variant} fine-tune")
     return model, at_budget, evaluate_fn(model) if evaluate_final else None
 

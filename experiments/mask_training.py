@@ -62,6 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--calibration-images", type=int, default=2048,
                         help="training images the directions and the refit are computed on "
                              "(with --directions)")
+    parser.add_argument("--distill", type=float, default=0.0,
+                        help="weight in [0, 1] of distillation from the dense model in every "
+                             "variant's pruning and fine-tuning (default 0: labels only)")
+    parser.add_argument("--distill-temperature", type=float, default=4.0)
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings (width 8, 10 steps per phase, 1 seed, 500 test images)")
     parser.add_argument("--report", type=Path)
@@ -102,7 +106,8 @@ def run(args) -> dict:
                       calibration_images=args.calibration_images) if args.directions else {}
     schedule = Schedule(**{"prune_steps": args.prune_steps, "finetune_steps": args.finetune_steps,
                            "batch_size": args.batch_size, "learning_rate": 0.02,
-                           "lasso": args.lasso} | directions)
+                           "lasso": args.lasso, "distill": args.distill,
+                           "distill_temperature": args.distill_temperature} | directions)
     variants = variants_of(schedule)
     results = {v: {"at_budget": [], "finetuned": []} for v in variants}
     pretrained, bytes_sent, plan_costs, started = [], {}, {}, time.time()
@@ -149,7 +154,9 @@ def run(args) -> dict:
         "quality_at_budget": quality("at_budget"),
         "dense_pretrained": stats(pretrained),
         "recipe": {"refit": schedule.refit, "basis": schedule.basis,
-                   "calibration_images": schedule.calibration_images},
+                   "calibration_images": schedule.calibration_images,
+                   "distill": schedule.distill,
+                   "distill_temperature": schedule.distill_temperature},
         "disco_minus": {f"{other}_{when}": paired(other, when)
                         for other in variants[1:] for when in ("at_budget", "finetuned")},
         "comm_bytes_per_sample": {"dense_split": costs.totals["dense_split"].comm_bytes,

@@ -69,8 +69,10 @@ class Network:
     Attributes:
       program: the module run with ``python -m`` (``experiments.resnet50``).
       models: the ``--model`` choices, the default first.
-      presets: ``default``, ``full`` and ``quick`` settings; each one is also
-        a command-line option (``--width``), and decides the trained weights.
+      presets: ``default``, ``full`` and ``quick`` settings (and any others,
+        which ``--preset`` offers), each with the same names; each name is
+        also a command-line option (``--width``), and decides the trained
+        weights.
       choices: allowed values of the network's own settings that take a few
         (beside :data:`SHARED_CHOICES`).
       helps: help texts of settings that need more than their default.
@@ -158,7 +160,8 @@ def parse_args(network: Network, argv=None) -> argparse.Namespace:
     parser.add_argument("--init", type=Path,
                         help="load the dense model from this checkpoint folder instead of "
                              "training it")
-    parser.add_argument("--preset", choices=("default", "full"), default="default")
+    parser.add_argument("--preset", choices=tuple(p for p in network.presets if p != "quick"),
+                        default="default")
     parser.add_argument("--quick", action="store_true",
                         help="a few steps of a narrow net (the 'quick' preset), under 3 minutes")
     for name, value in network.presets["default"].items():
@@ -340,7 +343,9 @@ def run(network: Network, args) -> dict:
         "recipe": {name: getattr(args, name) for name in RECIPE}
                   | {"lasso": args.lasso, "importance": args.importance,
                      "refit": schedule.refit, "basis": schedule.basis,
-                     "calibration_images": schedule.calibration_images}
+                     "calibration_images": schedule.calibration_images,
+                     "refit_inputs": schedule.refit_inputs, "distill": schedule.distill,
+                     "distill_temperature": schedule.distill_temperature}
                   | network.recipe,
         "comm_bytes_per_sample": {"dense_split": totals["dense_split"].comm_bytes,
                                   "disco": totals["disco"].comm_bytes,
@@ -473,6 +478,13 @@ def _masks_line(recipe: dict, steps: dict) -> list[str]:
     return [line]
 
 
+def _distill_line(recipe: dict) -> list[str]:
+    if not recipe.get("distill"):
+        return []
+    return [f"every variant distils from the dense model while it trains: weight "
+            f"{recipe['distill']:g}, temperature {recipe['distill_temperature']:g}"]
+
+
 def format_report(report: dict, network: Network) -> str:
     """The terminal table (DESIGN.md section 7 fields)."""
 
@@ -495,6 +507,7 @@ def format_report(report: dict, network: Network) -> str:
         f"{recipe['learning_rate']:g}, warmup {recipe['warmup_steps']} steps, cosine over "
         "the whole run",
         *_masks_line(recipe, steps),
+        *_distill_line(recipe),
         f"  {'top-1 %':22} {'test (' + str(report['test_images']) + ')':>12} "
         f"{'at budget (' + str(at_budget['images']) + ')':>18}",
     ]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import sys
 
 from experiments import pipeline
-from experiments.compare import BASES, REFITS
+from experiments.compare import BASES, DISTILL, REFITS
 
 RECIPE = dict(optimizer="adamw", learning_rate=1e-3, warmup_steps=50, weight_decay=0.05)
 """AdamW with the weight decay transformers are usually trained with."""
@@ -35,7 +35,7 @@ ARCHITECTURE = dict(patch=4, dim=64, depth=6, heads=4, mlp_ratio=4, pool="mean")
 """28 px -> 7 x 7 = 49 tokens of width 64; 4 heads (2 per node at N = 2)."""
 
 AFTER_TRAINING = dict(prune_steps=0, finetune_steps=0, importance="fisher", refit="lstsq",
-                      basis="principal")
+                      basis="principal", **DISTILL)
 """DISCO after training: the dense model trained to the end of its schedule, then
 the learned variant rewrites it into its principal basis, every variant sets
 its masks at once (Fisher ranking for the learned one) on 512 training images

@@ -64,9 +64,9 @@ def test_mask_training_with_directions_compares_random_channels_and_directions(t
     report_path = tmp_path / "masks.json"
     with jax.numpy_dtype_promotion("standard"):
         assert mask_training.main(["--quick", "--directions", "--calibration-images", "64",
-                                   "--report", str(report_path)]) == 0
+                                   "--distill", "0.5", "--report", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
-    assert report["recipe"]["basis"] == "directions"
+    assert report["recipe"]["basis"] == "directions" and report["recipe"]["distill"] == 0.5
     assert set(report["bytes_plan_vs_budget"]) == {"learned", "random", "no_comm",
                                                    "dense_split", "random_directions"}
     for variant, entry in report["bytes_plan_vs_budget"].items():
@@ -74,3 +74,52 @@ def test_mask_training_with_directions_compares_random_channels_and_directions(t
     assert "random_directions_finetuned" in report["disco_minus"]
     assert report["steps_per_variant"]["prune"] == 0  # masks set at once
     assert report["steps_per_variant"]["total"] == 20
+
+
+@pytest.mark.parametrize("variant", ["learned", "dense_split"])
+def test_every_variant_distils_from_the_dense_model_it_starts_from(variant, monkeypatch):
+    """Schedule(distill=w): both phases of every variant train with the dense
+    model as the teacher (the dense model is left as it was)."""
+    import jax
+    import numpy as np
+    from flax import nnx
+    from helpers import TinyNet
+
+    import disco_jax as dj
+    from disco_jax import train as train_module
+    from disco_jax.data import Split
+    from disco_jax.train import Distillation
+    from experiments.compare import Schedule, train_variant
+
+    dense = TinyNet(2, 0, classes=4)
+    for layer in dj.disco_layers(dense).values():
+        if layer.spec.split_input:
+            layer.mask[...] = dj.dense_mask(2, layer.spec.group_in)
+    rng = np.random.default_rng(0)
+    split = Split(rng.normal(size=(64, 12, 12, 1)).astype(np.float32),
+                  rng.integers(0, 4, 64).astype(np.int32))
+    seen, real = [], train_module.train
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("teacher"), kwargs.get("distill"), kwargs["description"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train", spy)
+    before = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(dense)))
+    schedule = Schedule(prune_steps=2, finetune_steps=2, batch_size=16, distill=0.3,
+                        distill_temperature=2.0)
+    with jax.numpy_dtype_promotion("standard"):
+        train_variant(dense, variant, 0.5, schedule, 0, split, lambda model: 0.0, 4)
+    assert [description.split()[-1] for *_, description in seen] == ["prune", "fine-tune"]
+    for teacher, distill, _ in seen:
+        assert teacher is dense and distill == Distillation(0.3, 2.0)
+    after = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(dense)))
+    jax.tree.map(np.testing.assert_array_equal, before, after)
+
+
+def test_a_distillation_weight_outside_0_1_is_refused():
+    from disco_jax.errors import ConfigError
+    from experiments.compare import Schedule
+
+    with pytest.raises(ConfigError, match="weight must be in"):
+        Schedule(prune_steps=0, finetune_steps=1, distill=2.0)

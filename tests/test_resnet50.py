@@ -15,7 +15,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """One --quick run on 2 nodes with a sweep: its exit code, report and folder."""
+    """One --quick run on 2 nodes with a sweep (the default method: DISCO sends
+    reduced-rank directions): its exit code, report and folder."""
     folder = tmp_path_factory.mktemp("resnet50")
     code = resnet50.main(["--quick", "--mesh", "2", "--sweep", "0,0.5,1", "--out",
                           str(folder / "run"), "--report", str(folder / "report.json")])
@@ -45,7 +46,7 @@ def test_distributed_predictions_equal_the_single_device_reference(quick_run):
 def test_report_has_the_design_schema_and_the_hlo_bytes_equal_the_plan(quick_run):
     _, report, _ = quick_run
     assert set(report["quality"]) == {"metric", "single", "dense_split", "disco",
-                                      "random_mask", "no_comm"}
+                                      "random_mask", "random_directions", "no_comm"}
     assert all(0.0 <= report["quality"][k] <= 1.0 for k in report["quality"] if k != "metric")
     comm = report["comm_bytes_per_sample"]
     assert comm["disco_hlo"] == comm["disco"] > 0
@@ -64,7 +65,7 @@ def test_every_variant_sees_the_same_steps_from_one_dense_checkpoint(quick_run):
     assert steps["total"] == steps["dense"] + steps["prune"] + steps["finetune"]
     assert steps["images"] == steps["total"] * steps["batch_size"]
     run = folder / "run"
-    for variant in ("learned", "random", "no_comm", "dense_split"):
+    for variant in ("learned", "random", "random_directions", "no_comm", "dense_split"):
         assert (run / variant / "finetune").is_dir(), variant
     assert (run / "plan" / "plan.json").is_file()
 
@@ -89,7 +90,7 @@ def test_init_loads_the_dense_model_instead_of_training_it(quick_run, tmp_path):
     assert code == 0
     again = json.loads((tmp_path / "r.json").read_text())
     assert again["steps_per_variant"]["dense"] is None
-    assert again["steps_per_variant"]["init_step"] == 3
+    assert again["steps_per_variant"]["init_step"] == 5
     assert not (tmp_path / "run" / "dense").exists()
     # same dense weights, same seeds: the same variants
     assert again["quality"] == report["quality"]
@@ -109,11 +110,14 @@ def test_a_run_started_again_resumes_from_its_checkpoints(quick_run, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("mesh", [8])  # 4 nodes: whole networks in tests/test_models.py
 def test_quick_run_completes_on_larger_meshes(mesh, tmp_path):
-    code = resnet50.main(["--quick", "--mesh", str(mesh), "--out", str(tmp_path / "run"),
+    """On 8 nodes with the earlier default (gradual pruning of channels, no refit)."""
+    code = resnet50.main(["--quick", "--mesh", str(mesh), "--prune-steps", "3", "--refit",
+                          "none", "--basis", "channels", "--out", str(tmp_path / "run"),
                           "--report", str(tmp_path / "report.json")])
     assert code == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["nodes"] == mesh and len(report["devices"]) == mesh
+    assert report["recipe"]["basis"] == "channels" and report["steps_per_variant"]["prune"] == 3
     assert np.isfinite(report["comm_reduction"]) and report["comm_reduction"] > 1
 
 
@@ -197,9 +201,7 @@ def test_infer_names_a_folder_that_holds_no_run(tmp_path, capsys):
     assert "holds no finished run" in capsys.readouterr().err
 
 
-DIRECTIONS = ["--quick", "--model", "resnet18", "--mesh", "2", "--prune-steps", "0",
-              "--refit", "lstsq", "--basis", "directions", "--refit-inputs", "dense",
-              "--calibration-images", "64"]
+DIRECTIONS = ["--quick", "--model", "resnet18", "--mesh", "2"]  # directions: the default
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +271,7 @@ def test_runs_made_apart_summarise_to_the_same_report(directions_run, tmp_path):
 
 
 def test_directions_without_the_refit_are_refused(tmp_path, capsys):
-    assert resnet50.main(["--quick", "--basis", "directions", "--out",
+    assert resnet50.main(["--quick", "--basis", "directions", "--prune-steps", "2", "--out",
                           str(tmp_path / "run")]) == 2
     assert "needs --prune-steps 0 and --refit lstsq" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -391,3 +391,62 @@ def test_fisher_ranks_channels_by_the_mean_squared_per_sample_mask_gradient():
     with pytest.raises(dj.ConfigError, match="labels="):
         sparsify.GradualPruning(0.25, start=0, end=0, importance="fisher").update(
             model, 0, images=images)
+
+
+def test_distillation_loss_is_the_mix_of_cross_entropy_and_the_tempered_kl():
+    from disco_jax.train import Distillation, _loss
+
+    data = toy_data(32)
+    student, teacher = fresh_model(seed=0), fresh_model(seed=1)
+    student.eval(), teacher.eval()
+    images, labels = data.images, data.labels
+    s, t = np.asarray(student(images), np.float64), np.asarray(teacher(images), np.float64)
+
+    def log_softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    temperature, weight = 3.0, 0.7
+    ce = -np.mean(log_softmax(s)[np.arange(len(labels)), labels])
+    ls, lt = log_softmax(s / temperature), log_softmax(t / temperature)
+    kl = np.mean(np.sum(np.exp(lt) * (lt - ls), -1))
+    total, (loss, _) = _loss(student, images, labels, 4, None, 0,
+                             Distillation(weight, temperature), teacher(images))
+    np.testing.assert_allclose(float(loss), (1 - weight) * ce + weight * temperature**2 * kl,
+                               rtol=1e-5)
+    assert float(total) == float(loss)  # no penalty
+
+
+def test_distillation_makes_the_student_follow_the_teacher_and_leaves_the_teacher_alone():
+    from disco_jax.train import Distillation
+
+    data = toy_data()
+    shifted = Split(data.images, (data.labels + 1) % 4)  # a teacher that learned other labels
+    config = TrainConfig(steps=60, batch_size=32, learning_rate=0.05)
+    teacher = fresh_model()
+    train(teacher, shifted, 4, config, progress=False)
+    assert evaluate(teacher, shifted, 4) > 0.9
+    before = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(teacher)))
+
+    labels_only, distilled = fresh_model(), fresh_model()
+    train(labels_only, data, 4, config, progress=False)
+    train(distilled, data, 4, config, progress=False, teacher=teacher,
+          distill=Distillation(weight=1.0, temperature=1.0))
+    assert evaluate(labels_only, data, 4) > 0.9 and evaluate(labels_only, shifted, 4) < 0.1
+    # the teacher's answers, not the labels (60 steps on soft targets: most of them)
+    assert evaluate(distilled, shifted, 4) > 0.6 and evaluate(distilled, data, 4) < 0.2
+    after = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(teacher)))
+    jax.tree.map(np.testing.assert_array_equal, before, after)  # BatchNorm statistics too
+
+
+def test_distillation_settings_that_cannot_work_are_refused():
+    from disco_jax.errors import ConfigError
+    from disco_jax.train import Distillation
+
+    for weight, temperature in ((1.5, 4.0), (-0.1, 4.0), (0.5, 0.0)):
+        with pytest.raises(ConfigError, match="Distillation"):
+            Distillation(weight, temperature)
+    for teacher, distill in ((fresh_model(), None), (None, Distillation(0.5))):
+        with pytest.raises(ConfigError, match="give both, or neither"):
+            train(fresh_model(), toy_data(), 4, CONFIG, progress=False, teacher=teacher,
+                  distill=distill)

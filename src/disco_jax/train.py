@@ -6,6 +6,12 @@ training form, with an optional :class:`~disco_jax.sparsify.MaskMethod` that
 adds its penalty to the loss and sets the masks between steps. BatchNorm uses
 batch statistics in training and its running averages in :func:`evaluate`.
 
+With ``distill=Distillation(weight, temperature)`` and a ``teacher`` (the
+dense model a variant starts from, say) the loss mixes the labels' cross
+entropy with the teacher's softened predictions (Hinton et al., 2015):
+``(1 - weight) * CE(labels) + weight * T^2 * KL(teacher_T || student_T)``, the
+teacher run in inference form inside the same jitted step.
+
 A run can be cut into phases: ``until`` ends a call at a step, and the next
 call goes on from the returned optimiser (``optimizer=``) on the same
 schedule, so that several continuations (one per mask variant) can branch
@@ -26,6 +32,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -93,28 +100,62 @@ def _optimizer(name: str, learning_rate: float, warmup_steps: int, steps: int, m
                        optax.sgd(schedule, momentum=momentum, nesterov=True))
 
 
-def _loss(model, images, labels, classes, penalty, step):
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+    """Distillation from a teacher's predictions (:func:`train`'s ``distill``).
+
+    Attributes:
+      weight: the share of the loss that is the distillation term, in [0, 1]
+        (0: labels only; 1: the teacher only).
+      temperature: both models' logits are divided by it before the softmax;
+        the term is multiplied by its square, so that its gradients keep their
+        size as it changes.
+    """
+
+    weight: float = 0.5
+    temperature: float = 4.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.weight <= 1.0:
+            raise ConfigError(f"Distillation weight must be in [0, 1], got {self.weight}")
+        if not self.temperature > 0.0:
+            raise ConfigError(f"Distillation temperature must be positive, got "
+                              f"{self.temperature}")
+
+
+def _loss(model, images, labels, classes, penalty, step, distill=None, teacher_logits=None):
     logits = model(images)[:, :classes]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    if distill is not None:
+        t = distill.temperature
+        soft = optax.losses.kl_divergence_with_log_targets(
+            jax.nn.log_softmax(logits / t), jax.nn.log_softmax(teacher_logits / t)).mean()
+        loss = (1.0 - distill.weight) * loss + distill.weight * t * t * soft
     penalty = penalty(model, step) if penalty is not None else 0.0
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
     return loss + penalty, (loss, accuracy)
 
 
 @functools.lru_cache(maxsize=32)
-def make_train_step(classes: int, penalty=None):
-    """A jitted ``step(model, optimizer, images, labels, step) -> (loss, accuracy)``.
+def make_train_step(classes: int, penalty=None, distill: Distillation | None = None):
+    """A jitted ``step(model, optimizer, images, labels, step, teacher=None)
+    -> (loss, accuracy)``.
 
-    ``penalty`` is a mask method's loss term (``MaskMethod.penalty``) or None.
-    One function per (classes, penalty): every :func:`train` call with equal
-    arguments shares it, so a model of the same structure with an optimiser of
-    the same settings compiles once per process, not once per run.
+    ``penalty`` is a mask method's loss term (``MaskMethod.penalty``) or None;
+    with ``distill`` the step also takes the ``teacher`` model (run in
+    inference form; its state is not changed). One function per (classes,
+    penalty, distill): every :func:`train` call with equal arguments shares
+    it, so a model of the same structure with an optimiser of the same
+    settings compiles once per process, not once per run.
     """
 
     @nnx.jit
-    def train_step(model, optimizer, images, labels, step):
+    def train_step(model, optimizer, images, labels, step, teacher=None):
+        teacher_logits = None
+        if distill is not None:
+            teacher_logits = jax.lax.stop_gradient(teacher(images)[:, :classes])
         grads, (loss, accuracy) = nnx.grad(_loss, has_aux=True)(
-            model, images, labels, classes, penalty, step)
+            model, images, labels, classes, penalty, step, distill, teacher_logits)
         optimizer.update(model, grads)
         return loss, accuracy
 
@@ -287,7 +328,8 @@ def train(model: nnx.Module, train_split: Split, classes: int, config: TrainConf
           method=None, checkpoint_dir: str | os.PathLike | None = None,
           optimizer: nnx.Optimizer | None = None, until: int | None = None,
           progress: bool = True, description: str = "train",
-          stop_after: int | None = None) -> TrainResult:
+          stop_after: int | None = None, teacher: nnx.Module | None = None,
+          distill: Distillation | None = None) -> TrainResult:
     """Trains ``model`` in place for ``config.steps`` steps (see the module docstring).
 
     Arguments:
@@ -305,6 +347,9 @@ def train(model: nnx.Module, train_split: Split, classes: int, config: TrainConf
       progress: show a progress bar with loss and accuracy.
       stop_after: stop dead once this many steps are done, as a killed run would
         (for tests of resuming); the schedule is still that of ``config.steps``.
+      teacher, distill: with both, the loss mixes in the teacher's softened
+        predictions (:class:`Distillation`); the teacher (same classes, any
+        structure) is run in inference form and left unchanged.
 
     Raises:
       CheckpointError: ``checkpoint_dir`` holds a checkpoint of another model,
@@ -314,7 +359,15 @@ def train(model: nnx.Module, train_split: Split, classes: int, config: TrainConf
 
     if config.steps < 0 or config.batch_size < 1:
         raise DiscoError(f"TrainConfig needs steps >= 0 and batch_size >= 1, got {config}")
+    if distill is not None and distill.weight == 0.0:
+        distill, teacher = None, None  # labels only: the step without a teacher
+    if (teacher is None) != (distill is None):
+        raise ConfigError("train() distils with both a teacher model and a Distillation; "
+                          f"got teacher={'None' if teacher is None else 'a model'} and "
+                          f"distill={distill}: give both, or neither")
     model.train()
+    if teacher is not None:
+        teacher.eval()
     state = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
     manager, first = None, 0
     if optimizer is not None:
@@ -327,7 +380,7 @@ def train(model: nnx.Module, train_split: Split, classes: int, config: TrainConf
             _restore(manager, latest, model, state, config.optimizer, directory)
             first = min(latest, config.steps)
     end = config.steps if until is None else min(until, config.steps)
-    step_fn = make_train_step(classes, None if method is None else method.penalty)
+    step_fn = make_train_step(classes, None if method is None else method.penalty, distill)
     loss = accuracy = None
     bar = tqdm(range(first, end), desc=description, disable=not progress,
                initial=first, total=end, dynamic_ncols=True)
@@ -338,7 +391,7 @@ def train(model: nnx.Module, train_split: Split, classes: int, config: TrainConf
         images, labels = train_split.images[index], train_split.labels[index]
         if method is not None:
             method.update(model, step, images=images, labels=labels)
-        loss, accuracy = step_fn(model, state, images, labels, jnp.asarray(step))
+        loss, accuracy = step_fn(model, state, images, labels, jnp.asarray(step), teacher)
         if progress and (step % 10 == 0 or step == end - 1):
             bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{float(accuracy):.3f}")
         done = step + 1
@@ -355,6 +408,8 @@ def train(model: nnx.Module, train_split: Split, classes: int, config: TrainConf
     if manager is not None:
         manager.wait_until_finished()
         manager.close()
+    if teacher is not None:
+        teacher.train()
     return TrainResult(first, max(last - first, 0),
                        None if loss is None else float(loss),
                        None if accuracy is None else float(np.asarray(accuracy)), state)
