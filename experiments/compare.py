@@ -58,6 +58,12 @@ REFIT_INPUTS = ("masked", "dense")
 BASES = ("channels", "principal", "directions")
 """What the learned variant chooses among (:attr:`Schedule.basis`)."""
 
+STRAIGHT_THROUGH = "straight_through"
+"""The :attr:`Schedule.importance` that trains the learned masks with
+:class:`~disco_jax.sparsify.StraightThroughTopK` over the pruning phase
+instead of pruning gradually (every variant then holds exact masks from the
+phase's first step: random ones, block-diagonal or all channels)."""
+
 CALIBRATION_IMAGES = 512
 """Training images that masks set at once and the refit are computed on, by
 default (:attr:`Schedule.calibration_images`)."""
@@ -88,7 +94,9 @@ class Schedule:
       warmup_steps: linear warmup at the start of each phase (or of the run).
       weight_decay: the optimiser's weight decay.
       importance: how the learned and no-comm variants rank channels
-        (:data:`disco_jax.sparsify.IMPORTANCES`: ``"weight_norm"``,
+        (:data:`STRAIGHT_THROUGH`: learned scores trained with the weights,
+        top k read, straight-through gradients; or one of
+        :data:`disco_jax.sparsify.IMPORTANCES`: ``"weight_norm"``,
         ``"saliency"`` or ``"fisher"``).
       refit: ``"lstsq"``: once the masks reach the budget, every variant but
         the dense split refits its kept weights to the dense model's layer
@@ -145,7 +153,8 @@ class Schedule:
         if self.calibration_images < 1:
             raise ConfigError(f"calibration_images must be positive, got "
                               f"{self.calibration_images}")
-        self.distillation  # checks the weight and the temperature
+        if self.distill:  # Distillation checks the weight and the temperature
+            self.distillation  # noqa: B018
 
     @property
     def distillation(self):
@@ -191,6 +200,14 @@ def mask_method(variant: str, comm_ratio: float, schedule: Schedule, seed: int,
                                        interval=max(schedule.prune_steps // 15, 1), seed=seed,
                                        **options)
 
+    if schedule.importance == STRAIGHT_THROUGH:
+        # the learned masks are exact from the start: so are the baselines'
+        if variant == "learned":
+            return sparsify.StraightThroughTopK(comm_ratio, start=start,
+                                                end=start + schedule.prune_steps)
+        if variant in ("random", "random_directions", "no_comm"):
+            return sparsify.FixedMask("no_comm" if variant == "no_comm" else "random",
+                                      comm_ratio, start=start, seed=seed)
     if variant == "learned":
         return pruning(comm_ratio, lasso=schedule.lasso, importance=schedule.importance)
     if variant in ("random", "random_directions"):  # random_directions: set by the refit

@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from experiments.pipeline import MASK_CHOICES
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m experiments.mask_training",
@@ -62,6 +64,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--calibration-images", type=int, default=2048,
                         help="training images the directions and the refit are computed on "
                              "(with --directions)")
+    parser.add_argument("--importance", default="weight_norm",
+                        choices=MASK_CHOICES,
+                        help="how the learned masks are chosen in the pruning phase: ranked "
+                             "by weight norm (default), saliency or Fisher information and "
+                             "pruned gradually, or straight_through: learned scores, top k "
+                             "read at every step (the baselines then exact from the start)")
     parser.add_argument("--distill", type=float, default=0.0,
                         help="weight in [0, 1] of distillation from the dense model in every "
                              "variant's pruning and fine-tuning (default 0: labels only)")
@@ -107,6 +115,7 @@ def run(args) -> dict:
     schedule = Schedule(**{"prune_steps": args.prune_steps, "finetune_steps": args.finetune_steps,
                            "batch_size": args.batch_size, "learning_rate": 0.02,
                            "lasso": args.lasso, "distill": args.distill,
+                           "importance": args.importance,
                            "distill_temperature": args.distill_temperature} | directions)
     variants = variants_of(schedule)
     results = {v: {"at_budget": [], "finetuned": []} for v in variants}
@@ -153,7 +162,8 @@ def run(args) -> dict:
         "quality": quality("finetuned"),
         "quality_at_budget": quality("at_budget"),
         "dense_pretrained": stats(pretrained),
-        "recipe": {"refit": schedule.refit, "basis": schedule.basis,
+        "recipe": {"importance": schedule.importance, "refit": schedule.refit,
+                   "basis": schedule.basis,
                    "calibration_images": schedule.calibration_images,
                    "distill": schedule.distill,
                    "distill_temperature": schedule.distill_temperature},

@@ -38,12 +38,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from experiments.compare import RECIPE
+from experiments.compare import RECIPE, STRAIGHT_THROUGH
 
 IMPORTANCES = ("weight_norm", "saliency", "fisher")
 """How the learned masks rank channels (:class:`disco_jax.sparsify.GradualPruning`)."""
 
-SHARED_CHOICES = {"optimizer": ("sgd", "adamw"), "importance": IMPORTANCES}
+MASK_CHOICES = IMPORTANCES + (STRAIGHT_THROUGH,)
+"""``--importance``: a ranking, or ``straight_through``: learned scores, the top
+k read at every step (:class:`disco_jax.sparsify.StraightThroughTopK`)."""
+
+SHARED_CHOICES = {"optimizer": ("sgd", "adamw"), "importance": MASK_CHOICES}
 """Allowed values of the settings every experiment has (``--help`` needs no jax,
 so the optimisers are spelled here, not read from :mod:`disco_jax.train`)."""
 
@@ -464,6 +468,11 @@ def targets(report: dict, goals: Targets) -> list[tuple[str, str, bool | None]]:
 def _masks_line(recipe: dict, steps: dict) -> list[str]:
     """How the masks were chosen, when it is not the pruning schedule alone."""
     basis, refit = recipe.get("basis", "channels"), recipe.get("refit", "none")
+    if recipe.get("importance") == STRAIGHT_THROUGH and basis != "directions":
+        return [f"masks: learned scores, the top k read at every step of the {steps['prune']} "
+                "pruning steps (straight-through gradients); the baselines exact from the "
+                "same step" + (", then every variant refits its kept weights by least squares"
+                               if refit != "none" else "")]
     if basis == "channels" and refit == "none":
         return []
     if basis == "directions":

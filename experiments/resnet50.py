@@ -1,15 +1,17 @@
 """The main job: DISCO on ResNet-50 end to end, with the paper's table.
 
-    python -m experiments.resnet50 --mesh 2                  # default run, ~20 min on 2 CPU cores
+    python -m experiments.resnet50 --mesh 2                  # default run, ~45 min on one CPU core
     python -m experiments.resnet50 --mesh 2 --report reports/resnet50_n2.json \\
         --sweep 0,0.05,0.1,0.2,0.5,1                          # + accuracy against comm ratio
     python -m experiments.resnet50 --quick --mesh 4          # a few steps: smoke test
     python -m experiments.resnet50 --preset full             # a real schedule (accelerators)
+    python -m experiments.resnet50 --preset retraining       # the earlier default: channels
 
 The pipeline (train the dense model, the variants from it, the plan, the
 mesh, the report) is :mod:`experiments.pipeline`; this module is its network:
 ResNet-50 (v1.5) or ResNet-18 with DISCO convs, zero-initialised residual
-BatchNorms, and the paper's targets (>= 5x less communication, FLOPs per node
+BatchNorms, its presets (by default DISCO sends reduced-rank directions,
+:data:`DIRECTIONS`), and the paper's targets (>= 5x less communication, FLOPs per node
 <= 0.6 and weights per node <= 0.5 of a single device, DISCO within 1.0 point
 of the dense split and above random masks).
 """
@@ -78,13 +80,13 @@ NETWORK = pipeline.Network(
              "refit_inputs": REFIT_INPUTS},
     helps={"stem": "imagenet: 7x7/2 conv + max-pool (standard, default); small: 3x3/1 conv "
                    "(16x more work in the first stage at 28-32 px)",
-           "basis": "channels (default): the learned masks choose among the network's own "
-                    "channels; directions: each node sends per pair and layer the k "
+           "basis": "directions (default): each node sends per pair and layer the k "
                     "reduced-rank directions of its channels (needs --prune-steps 0 "
-                    "--refit lstsq)",
+                    "--refit lstsq); channels: the learned masks choose among the "
+                    "network's own channels (--preset retraining)",
            "refit_inputs": "with --refit lstsq: masked (each layer fitted on the input the "
                            "refitted layers before it make; one forward pass per layer) or "
-                           "dense (on the dense model's; one pass)",
+                           "dense (on the dense model's; one pass; the default)",
            "distill": "weight in [0, 1] of distillation from the dense model in every "
                       "variant's pruning and fine-tuning (0, the default: labels only)"},
     recipe={"zero_init_residual": True})

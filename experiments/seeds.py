@@ -61,11 +61,11 @@ def over_seeds(runs: list[dict], goals) -> dict:
             paired[f"disco - {key}"] = stats(
                 [100 * (r["quality"]["disco"] - r["quality"][key]) for r in runs])
     report = {key: first[key] for key in ("model", "task", "dataset", "input_shape", "nodes",
-                                          "comm_ratio", "payload_dtype", "preset",
-                                          "steps_per_variant", "recipe",
+                                          "comm_ratio", "payload_dtype", "preset", "recipe",
                                           "comm_bytes_per_sample", "comm_reduction",
                                           "flops_per_node", "params_per_node") if key in first}
-    report |= {"seeds": [r["seed"] for r in runs], "quality": quality, "paired": paired,
+    report |= {"steps_per_variant": steps_of(first),
+               "seeds": [r["seed"] for r in runs], "quality": quality, "paired": paired,
                "max_abs_diff_vs_reference": max(r["max_abs_diff_vs_reference"] for r in runs),
                "verified": all(r["verified"] for r in runs), "per_seed": runs}
     report["targets"] = seed_targets(report, goals)
@@ -134,6 +134,28 @@ def format_seeds(report: dict) -> str:
     return "\n".join(rows)
 
 
+def steps_of(report: dict) -> dict:
+    """A run's ``steps_per_variant`` with the dense model's steps counted the
+    same whether the run trained it or loaded it (``--init``, at
+    ``init_step``): each seed has its own dense checkpoint, and where it came
+    from is in that seed's own report."""
+    steps = dict(report["steps_per_variant"])
+    init_step = steps.pop("init_step", None)
+    steps.pop("init", None)
+    if steps.get("dense") is None and init_step is not None:  # it counted only its own steps
+        steps["dense"] = init_step
+        steps["total"] = init_step + steps["prune"] + steps["finetune"]
+        steps["images"] = steps["total"] * steps["batch_size"]
+    return steps
+
+
+def _setting(report: dict) -> dict:
+    """What must be equal for two runs to be seeds of one setting."""
+    return {"model": report["model"], "nodes": report["nodes"],
+            "comm_ratio": report["comm_ratio"], "recipe": json.dumps(report["recipe"]),
+            "steps": json.dumps(steps_of(report), sort_keys=True)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.seeds",
                                      description="Summarise runs of one experiment made with "
@@ -153,13 +175,14 @@ def main(argv=None) -> int:
                 raise ConfigError(f"{folder} holds no finished run ({record} is missing); "
                                   "give the --out folder of a finished run")
             runs.append(json.loads(record.read_text()))
-        settings = {(r["model"], r["nodes"], r["comm_ratio"], json.dumps(r["recipe"]),
-                     json.dumps({k: v for k, v in r["steps_per_variant"].items()
-                                 if k != "init"}))  # each seed's own dense checkpoint
-                    for r in runs}
-        if len(settings) > 1:
-            raise ConfigError("these runs differ in more than their seed (model, nodes, comm "
-                              "ratio, recipe or steps); summarise runs of one setting")
+        settings = [_setting(r) for r in runs]
+        for run, setting in zip(args.runs[1:], settings[1:], strict=True):
+            changed = sorted(k for k in setting if setting[k] != settings[0][k])
+            if changed:
+                raise ConfigError(
+                    f"these runs differ in more than their seed: {run} and {args.runs[0]} "
+                    + "; ".join(f"{k}: {setting[k]} against {settings[0][k]}" for k in changed)
+                    + "; summarise runs of one setting")
         seeds = [r["seed"] for r in runs]
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"two of these runs have the same seed: {seeds}")

@@ -123,3 +123,18 @@ def test_a_distillation_weight_outside_0_1_is_refused():
 
     with pytest.raises(ConfigError, match="weight must be in"):
         Schedule(prune_steps=0, finetune_steps=1, distill=2.0)
+
+
+def test_straight_through_masks_come_with_baselines_exact_from_the_same_step():
+    from disco_jax import sparsify
+    from experiments.compare import Schedule, mask_method
+
+    schedule = Schedule(prune_steps=40, finetune_steps=10, importance="straight_through")
+    learned = mask_method("learned", 0.2, schedule, seed=3, start=100)
+    assert isinstance(learned, sparsify.StraightThroughTopK)
+    assert (learned.start, learned.end, learned.comm_ratio) == (100, 140, 0.2)
+    for variant, kind in (("random", "random"), ("no_comm", "no_comm"),
+                          ("dense_split", "dense_split")):
+        method = mask_method(variant, 0.2, schedule, seed=3, start=100)
+        assert isinstance(method, sparsify.FixedMask) and method.kind == kind, variant
+        assert method.start == 100 and (kind != "random" or method.seed == 3)

@@ -281,3 +281,12 @@ def test_bad_seeds_are_refused_before_any_work(capsys):
     with pytest.raises(SystemExit):
         resnet50.parse_args(["--seeds", "0,0"])
     assert "names a seed twice" in capsys.readouterr().err
+
+
+def test_the_default_sends_directions_and_the_earlier_default_is_a_preset():
+    default = resnet50.parse_args([])
+    assert (default.basis, default.refit, default.prune_steps) == ("directions", "lstsq", 0)
+    earlier = resnet50.parse_args(["--preset", "retraining"])
+    assert (earlier.basis, earlier.refit, earlier.prune_steps) == ("channels", "none", 60)
+    for args in (default, earlier):  # every variant: the same 270 steps
+        assert args.pretrain_steps + args.prune_steps + args.finetune_steps == 270

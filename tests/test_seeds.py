@@ -73,3 +73,26 @@ def test_summarising_folders_without_runs_or_of_other_settings_is_refused(tmp_pa
         (folder / "report.json").write_text(json.dumps(record))
     assert seeds.main([str(tmp_path / "seed-0"), str(tmp_path / "seed-1")]) == 2
     assert "differ in more than their seed" in capsys.readouterr().err
+
+
+def test_a_dense_model_loaded_at_step_p_counts_as_one_trained_for_p_steps(tmp_path, capsys):
+    """Seeds whose dense model was trained in the run and seeds that loaded one
+    (--init) at the same step are one setting; another step count is not."""
+    trained = {"dense": 210, "init": None, "init_step": None, "prune": 0, "finetune": 60,
+               "batch_size": 64, "total": 270, "images": 17280}
+    loaded = trained | {"dense": None, "init": "runs/dense", "init_step": 210, "total": 60,
+                        "images": 3840}
+    folders = []
+    for seed, steps in enumerate((trained, loaded, loaded | {"init_step": 150})):
+        folder = tmp_path / f"seed-{seed}"
+        folder.mkdir()
+        (folder / "report.json").write_text(json.dumps(
+            run(seed, 0.9, 0.89, 0.88) | {"steps_per_variant": steps}))
+        folders.append(str(folder))
+    assert seeds.main([*folders[:2], "--report", str(tmp_path / "summary.json")]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps_per_variant"] == {"dense": 210, "prune": 0, "finetune": 60,
+                                            "batch_size": 64, "total": 270, "images": 17280}
+    assert seeds.main(folders) == 2
+    err = capsys.readouterr().err
+    assert "differ in more than their seed" in err and '"dense": 150' in err

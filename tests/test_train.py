@@ -450,3 +450,72 @@ def test_distillation_settings_that_cannot_work_are_refused():
         with pytest.raises(ConfigError, match="give both, or neither"):
             train(fresh_model(), toy_data(), 4, CONFIG, progress=False, teacher=teacher,
                   distill=distill)
+
+
+def test_mask_gradient_is_the_loss_gradient_with_respect_to_each_layers_mask():
+    """Against jax.grad of the loss as a function of one layer's mask alone, for
+    every layer, at exact masks (read and unread channels alike)."""
+    model = fresh_model()
+    data = toy_data(32)
+    layers = {name: layer for name, layer in dj.disco_layers(model).items()
+              if layer.spec.split_input}
+    for index, layer in enumerate(layers.values()):
+        layer.mask[...] = dj.topk_mask(
+            jax.random.uniform(jax.random.key(index), layer.mask.shape), 2)
+    grads = sparsify.mask_gradient(model, data.images, data.labels)
+    assert set(grads) == set(layers)
+    for name in layers:
+        def loss(mask, name=name):
+            copy = nnx.clone(model)
+            copy.eval()
+            dj.disco_layers(copy)[name].mask[...] = mask
+            logits = copy(data.images)[:, :4]
+            return optax.softmax_cross_entropy_with_integer_labels(logits, data.labels).mean()
+
+        expected = jax.jit(jax.grad(loss))(layers[name].mask[...])
+        off = ~np.eye(layers[name].spec.nodes, dtype=bool)
+        assert np.abs(np.asarray(expected)[off]).max() > 0, name
+        np.testing.assert_allclose(grads[name], expected, rtol=1e-4, atol=1e-7, err_msg=name)
+
+
+def test_straight_through_masks_are_exact_at_every_step_and_follow_the_gradient():
+    data = toy_data()
+    model = fresh_model()
+    before = {name: np.asarray(layer.mask[...]) for name, layer in dj.disco_layers(model).items()
+              if layer.spec.split_input}
+    method = sparsify.StraightThroughTopK(comm_ratio=0.25, start=2, end=6, learning_rate=0.1)
+    method.update(model, 1, images=data.images[:32], labels=data.labels[:32])
+    assert method.scores is None  # before start: nothing
+    for name, mask in before.items():
+        np.testing.assert_array_equal(dj.disco_layers(model)[name].mask[...], mask)
+
+    method.update(model, 2, images=data.images[:32], labels=data.labels[:32])
+    # scores start at the weight norms (largest 1 per pair); one Adam step moves
+    # each by the learning rate against the sign of the mask's gradient
+    layers = dj.disco_layers(model)
+    for name, scores in method.scores.items():
+        layer = layers[name]
+        norms = sparsify.channel_norms(layer)
+        start = norms / norms.max(-1, keepdims=True)
+        moved = np.asarray(start - scores)
+        off = ~np.eye(layer.spec.nodes, dtype=bool)
+        assert np.all(np.abs(np.abs(moved[off]) - 0.1) < 1e-3) or np.all(moved[off] == 0), name
+        counts = sparsify.budgets(model)[name]
+        assert np.all(counts[off] == dj.k_for_ratio(0.25, layer.spec.group_in)), name
+
+    train(model, data, 4, CONFIG, method=method, progress=False)
+    for name, counts in sparsify.budgets(model).items():
+        layer = layers[name]
+        off = ~np.eye(layer.spec.nodes, dtype=bool)
+        assert np.all(counts[off] == dj.k_for_ratio(0.25, layer.spec.group_in)), name
+    dj.compile_plan(model)  # an exact mask: a plan compiles
+
+
+def test_straight_through_needs_the_batch_and_sane_settings():
+    from disco_jax.errors import ConfigError
+
+    method = sparsify.StraightThroughTopK(comm_ratio=0.25, start=0, end=4)
+    with pytest.raises(ConfigError, match="on the training batch"):
+        method.update(fresh_model(), 0)
+    with pytest.raises(ConfigError, match="learning_rate"):
+        sparsify.StraightThroughTopK(comm_ratio=0.25, start=0, end=4, learning_rate=0.0)

@@ -32,6 +32,13 @@ masks fixed.
   ``importance="random"`` (and no lasso) the same schedule drops channels in
   a random order: the method with chance in place of learning, the fair
   baseline for it.
+- :class:`StraightThroughTopK`: mask training as a model optimisation
+  problem. Each (receiver, sender, channel) has a learned score; the forward
+  pass reads the top k per pair (an exact mask at every step, so every step
+  trains the structure it will keep), and the gradient of the loss with
+  respect to the hard mask entries is passed straight through to the scores
+  (Adam on the scores, outside the jitted weight step). Scores start from the
+  weight norms; from ``end`` on the mask stays where the scores left it.
 - :class:`FixedMask`: masks set once, at ``start``: ``"random"`` (k random
   channels per pair), ``"no_comm"`` (block-diagonal) and ``"dense_split"``
   (everything).
@@ -138,6 +145,30 @@ def mask_fisher(model: nnx.Module, images: jax.Array, labels: jax.Array) -> dict
     fisher = _fisher_fn(graphdef)(masks, rest, jnp.asarray(images), jnp.asarray(labels))
     # the model's structure with the Fisher values in place of the masks names them
     holder = nnx.merge(graphdef, fisher, rest)
+    return {name: layer.mask[...] for name, layer in _split_layers(holder).items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _mask_grad_fn(graphdef):
+    def batch_loss(masks, rest, images, labels):
+        model = nnx.merge(graphdef, masks, rest)  # a copy, in inference mode (BatchNorm's averages)
+        model.eval()
+        logits = model(images)
+        classes = getattr(model, "num_classes", logits.shape[-1])
+        return optax.softmax_cross_entropy_with_integer_labels(logits[:, :classes],
+                                                               labels).mean()
+
+    return jax.jit(jax.grad(batch_loss))
+
+
+def mask_gradient(model: nnx.Module, images: jax.Array,
+                  labels: jax.Array) -> dict[str, jax.Array]:
+    """``f32[N, N, C_in/N]`` per masked DISCO layer (by name): the gradient of
+    the mean cross-entropy over ``images`` with respect to each mask entry
+    ``m[i, j, c]`` at the current masks (the model in inference mode)."""
+    graphdef, masks, rest = nnx.split(model, CommMask, ...)
+    grads = _mask_grad_fn(graphdef)(masks, rest, jnp.asarray(images), jnp.asarray(labels))
+    holder = nnx.merge(graphdef, grads, rest)  # names the gradients by layer
     return {name: layer.mask[...] for name, layer in _split_layers(holder).items()}
 
 
@@ -258,6 +289,72 @@ class GradualPruning:
             # dropped channels never come back: they rank below every kept one
             scores = jnp.where(layer.mask[...] > 0, scores, -1.0)
             layer.mask[...] = topk_mask(scores, self.budget(layer.spec.group_in, step))
+
+
+@dataclasses.dataclass(eq=False)
+class StraightThroughTopK:
+    """Learned scores, the top k per pair read, straight-through gradients.
+
+    Arguments:
+      comm_ratio: rho in [0, 1]; each layer reads k = round(rho * C_in/N)
+        channels per pair at every step from ``start``.
+      start, end: steps in which the scores learn (the mask is exact
+        throughout; from ``end`` it is fixed).
+      learning_rate: Adam's step on the scores, which start at each pair's
+        weight norms divided by their largest (so in [0, 1]).
+      interval: steps between score updates (each costs one forward and
+        backward pass of the model on the step's batch).
+
+    The scores and their optimiser state live in the method, not in the
+    model: the model, its checkpoints and its weight optimiser are those of
+    any masked model. A run resumed in the middle of ``[start, end)`` starts
+    the scores again from the weight norms.
+    """
+
+    comm_ratio: float
+    start: int
+    end: int
+    learning_rate: float = 0.05
+    interval: int = 1
+    scores: dict | None = dataclasses.field(default=None, repr=False)
+    _state: object = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self):
+        k_for_ratio(self.comm_ratio, 1, "StraightThroughTopK")
+        check_schedule(self.start, self.end)
+        if self.interval < 1 or not self.learning_rate > 0:
+            raise ConfigError("StraightThroughTopK: interval must be >= 1 and learning_rate > 0")
+
+    penalty = None
+
+    def _optimizer(self):
+        return optax.adam(self.learning_rate)
+
+    def _set_masks(self, model: nnx.Module) -> None:
+        for name, layer in _split_layers(model).items():
+            layer.mask[...] = topk_mask(self.scores[name],
+                                        k_for_ratio(self.comm_ratio, layer.spec.group_in))
+
+    def update(self, model: nnx.Module, step: int, images: jax.Array | None = None,
+               labels: jax.Array | None = None) -> None:
+        if step < self.start:
+            return
+        if self.scores is None:  # the first step (or a resumed run): scores from weight norms
+            self.scores = {}
+            for name, layer in _split_layers(model).items():
+                norms = channel_norms(layer)
+                self.scores[name] = norms / jnp.max(norms, axis=-1, keepdims=True)
+            self._state = self._optimizer().init(self.scores)
+            self._set_masks(model)
+        if step >= self.end or (step - self.start) % self.interval:
+            return
+        if images is None or labels is None:
+            raise ConfigError("StraightThroughTopK learns its scores on the training batch: "
+                              "call update(model, step, images=..., labels=...)")
+        grads = mask_gradient(model, images, labels)
+        updates, self._state = self._optimizer().update(grads, self._state, self.scores)
+        self.scores = optax.apply_updates(self.scores, updates)
+        self._set_masks(model)
 
 
 @dataclasses.dataclass(frozen=True)
