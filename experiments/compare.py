@@ -136,8 +136,8 @@ class Schedule:
     basis: str = "channels"
     calibration_images: int = CALIBRATION_IMAGES
     refit_inputs: str = "masked"
-    distill: float = 0.0
-    distill_temperature: float = 4.0
+    distill: float = DISTILL["distill"]
+    distill_temperature: float = DISTILL["distill_temperature"]
 
     def __post_init__(self):
         from disco_jax.errors import ConfigError
@@ -153,8 +153,7 @@ class Schedule:
         if self.calibration_images < 1:
             raise ConfigError(f"calibration_images must be positive, got "
                               f"{self.calibration_images}")
-        if self.distill:  # Distillation checks the weight and the temperature
-            self.distillation  # noqa: B018
+        _ = self.distillation  # raises on a weight or temperature that cannot work
 
     @property
     def distillation(self):
