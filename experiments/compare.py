@@ -68,6 +68,13 @@ CALIBRATION_IMAGES = 512
 """Training images that masks set at once and the refit are computed on, by
 default (:attr:`Schedule.calibration_images`)."""
 
+DIRECTIONS = dict(refit="lstsq", basis="directions", refit_inputs="dense",
+                  calibration_images=2048)
+"""The learned variant sends reduced-rank directions (with ``prune_steps=0``):
+chosen and refitted by least squares on 2,048 training images, layer by
+layer, on the dense model's inputs; the main job's default and
+``mask_training --directions``."""
+
 DISTILL = dict(distill=0.0, distill_temperature=4.0)
 """No distillation by default (:attr:`Schedule.distill`); every network's
 presets carry these, so ``--distill W`` and ``--distill-temperature T`` exist
@@ -337,6 +344,47 @@ def stats(values) -> dict:
     values = np.asarray(values, np.float64)
     spread = float(np.std(values, ddof=1)) if len(values) > 1 else None
     return {"mean": float(np.mean(values)), "std": spread, "values": values.tolist()}
+
+
+def merge_seed_reports(reports: list[dict]) -> dict:
+    """One report over the seeds of several reports of one setting (each run
+    as its own process, say): every summary (``{"mean", "std", "values"}``)
+    over the seeds of them all, in seed order, ``seeds`` and ``wall_seconds``
+    combined; every other field must be equal.
+
+    Raises:
+      ConfigError: two reports share a seed, or differ in a field (named).
+    """
+    from disco_jax.errors import ConfigError
+
+    seeds = [seed for report in reports for seed in report["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"these reports share a seed: {seeds}; give each seed once")
+    order = np.argsort(seeds, kind="stable")
+
+    def merge(parts: list, where: str):
+        first = parts[0]
+        if isinstance(first, dict) and set(first) == {"mean", "std", "values"}:
+            values = [value for part in parts for value in part["values"]]
+            return stats(np.asarray(values)[order])
+        if isinstance(first, dict) and all(isinstance(p, dict) and p.keys() == first.keys()
+                                           for p in parts):
+            return {key: merge([p[key] for p in parts], f"{where}.{key}") for key in first}
+        if any(p != first for p in parts):
+            raise ConfigError(f"these reports are not seeds of one setting: {where.lstrip('.')} "
+                              f"differs ({', '.join(json.dumps(p) for p in parts)}); merge "
+                              "only runs made with the same settings")
+        return first
+
+    fields = {key: [report.get(key) for report in reports]
+              for key in reports[0] if key not in ("seeds", "wall_seconds")}
+    missing = {key for report in reports for key in report} - set(reports[0])
+    if missing:
+        raise ConfigError(f"these reports are not seeds of one setting: only some have "
+                          f"{sorted(missing)}")
+    merged = {key: merge(parts, key) for key, parts in fields.items()}
+    return merged | {"seeds": sorted(seeds),
+                     "wall_seconds": round(sum(r["wall_seconds"] for r in reports), 1)}
 
 
 def plan_and_budget_bytes(model, image_shape, comm_ratio: float):

@@ -28,6 +28,16 @@ variant joins the comparison.
     python -m experiments.mask_training --mesh 2 --seeds 0,1,2 --report reports/masks_n2.json
     python -m experiments.mask_training --mesh 2 --seeds 0,1,2 --directions
     python -m experiments.mask_training --quick      # a few steps, for smoke tests
+
+Seeds run apart (one process per core, ``--seeds 3 --report reports/s3.json``
+each) are summarised into one report afterwards, with the same targets:
+
+    python -m experiments.mask_training --merge reports/s3.json reports/s4.json \
+        --report reports/masks.json
+
+The targets are judged as :mod:`experiments.seeds` judges the main job's: met
+only when the paired mean is more than two standard errors past the threshold
+(and "within 1.0 point of the dense split" also in every seed).
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import sys
 import time
 from pathlib import Path
 
+from experiments.compare import DISTILL
 from experiments.pipeline import MASK_CHOICES
 
 
@@ -70,14 +81,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "by weight norm (default), saliency or Fisher information and "
                              "pruned gradually, or straight_through: learned scores, top k "
                              "read at every step (the baselines then exact from the start)")
-    parser.add_argument("--distill", type=float, default=0.0,
+    parser.add_argument("--distill", type=float, default=DISTILL["distill"],
                         help="weight in [0, 1] of distillation from the dense model in every "
                              "variant's pruning and fine-tuning (default 0: labels only)")
-    parser.add_argument("--distill-temperature", type=float, default=4.0)
+    parser.add_argument("--distill-temperature", type=float,
+                        default=DISTILL["distill_temperature"])
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings (width 8, 10 steps per phase, 1 seed, 500 test images)")
     parser.add_argument("--report", type=Path)
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="REPORT",
+                        help="train nothing: summarise these reports (seeds of one setting, "
+                             "run apart) into one, printed and written to --report")
     args = parser.parse_args(argv)
+    if args.merge:
+        return args
     if args.quick:
         args.width, args.seeds, args.test_images = 8, "0", 500
         args.pretrain_steps = args.prune_steps = args.finetune_steps = 10
@@ -96,6 +113,7 @@ def run(args) -> dict:
     from disco_jax.models import NETWORKS
     from disco_jax.train import TrainConfig, evaluate, train
     from experiments.compare import (
+        DIRECTIONS,
         QUALITY_KEYS,
         Schedule,
         comm_ratio_of,
@@ -110,13 +128,13 @@ def run(args) -> dict:
                       dataset.test.labels[:args.test_images])
     network = NETWORKS[args.model]
     classes = dataset.classes
-    directions = dict(prune_steps=0, refit="lstsq", basis="directions", refit_inputs="dense",
-                      calibration_images=args.calibration_images) if args.directions else {}
+    directions = DIRECTIONS | {"prune_steps": 0, "calibration_images": args.calibration_images}
     schedule = Schedule(**{"prune_steps": args.prune_steps, "finetune_steps": args.finetune_steps,
                            "batch_size": args.batch_size, "learning_rate": 0.02,
                            "lasso": args.lasso, "distill": args.distill,
                            "importance": args.importance,
-                           "distill_temperature": args.distill_temperature} | directions)
+                           "distill_temperature": args.distill_temperature}
+                        | (directions if args.directions else {}))
     variants = variants_of(schedule)
     results = {v: {"at_budget": [], "finetuned": []} for v in variants}
     pretrained, bytes_sent, plan_costs, started = [], {}, {}, time.time()
@@ -181,6 +199,26 @@ def run(args) -> dict:
     }
 
 
+def with_targets(report: dict) -> dict:
+    """``report`` with its ``targets`` (judged on the fine-tuned paired
+    differences, :func:`experiments.seeds.seed_targets`, against the
+    network's own threshold of the gap to the dense split)."""
+    import numpy as np
+
+    from experiments.compare import QUALITY_KEYS, stats
+    from experiments.pipeline import network_of
+    from experiments.seeds import PAIRED, seed_targets
+
+    variant_of = {key: variant for variant, key in QUALITY_KEYS.items()}
+    paired = {}
+    for key, _ in PAIRED:
+        diff = report["disco_minus"].get(f"{variant_of[key]}_finetuned")
+        if diff is not None:
+            paired[f"disco - {key}"] = stats(100 * np.asarray(diff["values"]))
+    targets = seed_targets({"paired": paired, "per_seed": []}, network_of(report["model"]).targets)
+    return report | {"targets": targets}
+
+
 def format_report(report: dict) -> str:
     """The terminal table: mean ± std over seeds of every variant, at budget and fine-tuned."""
 
@@ -203,6 +241,11 @@ def format_report(report: dict) -> str:
                     f"{cell(report['quality'][key]):>14}")
     for key, diff in report["disco_minus"].items():
         rows.append(f"learned - {key:24} {cell(diff)} points")
+    rows.append("targets over seeds, fine-tuned (met only when the paired mean is more than "
+                "two standard errors past the threshold):")
+    for row in report["targets"]:
+        rows.append(f"  {row['what']:62} {row['measured']:>30}   "
+                    f"{'met' if row['met'] else 'NOT met'}")
     comm = report["comm_bytes_per_sample"]
     exact = all(entry["exact"] for entry in report["bytes_plan_vs_budget"].values())
     rows.append(f"communication per image: dense split {comm['dense_split']:,} B, DISCO "
@@ -211,16 +254,39 @@ def format_report(report: dict) -> str:
     return "\n".join(rows)
 
 
+def merge(paths: list[Path]) -> dict:
+    """The report over the seeds of the reports at ``paths`` (one setting)."""
+    import json
+
+    from disco_jax.errors import ConfigError
+    from experiments.compare import merge_seed_reports
+
+    reports = []
+    for path in paths:
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"cannot read the report {path}: {err}; give the JSON files "
+                              "mask_training --report wrote") from None
+        if "disco_minus" not in report:
+            raise ConfigError(f"{path} is not a mask_training report (it has no disco_minus)")
+        reports.append({key: value for key, value in report.items() if key != "targets"})
+    return with_targets(merge_seed_reports(reports))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import jax
 
     import disco_jax as dj
 
-    dj.ensure_host_devices(args.mesh)
     try:
-        with jax.numpy_dtype_promotion("standard"):
-            report = run(args)
+        if args.merge:
+            report = merge(args.merge)
+        else:
+            dj.ensure_host_devices(args.mesh)
+            with jax.numpy_dtype_promotion("standard"):
+                report = with_targets(run(args))
     except dj.DiscoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import sys
 
-from experiments import pipeline
+from experiments import compare, pipeline
 from experiments.compare import BASES, DISTILL, RECIPE, REFIT_INPUTS, REFITS
 
-DIRECTIONS = dict(importance="weight_norm", refit="lstsq", basis="directions",
-                  calibration_images=2048, refit_inputs="dense", **DISTILL)
+DIRECTIONS = dict(importance="weight_norm", **compare.DIRECTIONS, **DISTILL)
 """DISCO after training, then fine-tuned (the default): from the dense model
 trained for most of the run, each node sends per pair and layer the k
 reduced-rank directions of its channels (chosen and refitted by least squares

@@ -72,8 +72,54 @@ def test_mask_training_with_directions_compares_random_channels_and_directions(t
     for variant, entry in report["bytes_plan_vs_budget"].items():
         assert entry["exact"] and entry["plan"] == entry["budget"], variant
     assert "random_directions_finetuned" in report["disco_minus"]
+    judged = [row["what"] for row in report["targets"]]
+    assert any("random directions" in what for what in judged), judged
+    assert not any(row["met"] for row in report["targets"])  # one seed is not evidence
     assert report["steps_per_variant"]["prune"] == 0  # masks set at once
     assert report["steps_per_variant"]["total"] == 20
+
+
+def _seed_report(seed, lead, gap, **changes):
+    """A mask_training report of one seed: DISCO ``lead`` points above random
+    channels and ``gap`` points from the dense split."""
+    from experiments.compare import stats
+
+    return {"model": "resnet18", "nodes": 2, "seeds": [seed], "wall_seconds": 100.0,
+            "quality": {"metric": "top1", "disco": stats([0.9 + seed / 100])},
+            "disco_minus": {"random_finetuned": stats([lead / 100]),
+                            "dense_split_finetuned": stats([gap / 100])}} | changes
+
+
+def test_mask_training_merges_seeds_run_apart_in_seed_order_with_targets(tmp_path, capsys):
+    from disco_jax.errors import ConfigError
+    from experiments import mask_training
+
+    paths = []
+    for seed, lead, gap in ((2, 0.6, -0.7), (0, 0.4, -0.5), (1, 0.5, -0.6)):
+        paths.append(tmp_path / f"seed{seed}.json")
+        paths[-1].write_text(json.dumps(_seed_report(seed, lead, gap)))
+    merged = mask_training.merge(paths)
+    assert merged["seeds"] == [0, 1, 2] and merged["wall_seconds"] == 300.0
+    assert merged["quality"]["disco"]["values"] == pytest.approx([0.90, 0.91, 0.92])
+    lead = merged["disco_minus"]["random_finetuned"]
+    assert lead["values"] == pytest.approx([0.004, 0.005, 0.006])
+    assert lead["std"] == pytest.approx(0.001)
+    targets = {row["what"]: row["met"] for row in merged["targets"]}
+    assert targets == {"DISCO within 1.0 point of the dense split, every seed and mean - 2 SE":
+                       True, "DISCO above random masks at the same bytes by > 2 SE": True}
+    # a lead inside two standard errors is not met; a seed beyond the gap fails the gap
+    paths[0].write_text(json.dumps(_seed_report(2, -0.5, -1.2)))
+    targets = {row["what"]: row["met"] for row in mask_training.merge(paths)["targets"]}
+    assert not any(targets.values())
+    paths[0].write_text(json.dumps(_seed_report(2, 0.6, -0.7, nodes=4)))
+    with pytest.raises(ConfigError, match="nodes differs"):
+        mask_training.merge(paths)
+    paths[0].write_text(json.dumps(_seed_report(1, 0.6, -0.7)))
+    with pytest.raises(ConfigError, match="share a seed"):
+        mask_training.merge(paths)
+    paths[0].write_text("{not json")
+    assert mask_training.main(["--merge", *map(str, paths)]) == 2
+    assert f"cannot read the report {paths[0]}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("variant", ["learned", "dense_split"])
