@@ -95,6 +95,28 @@ def _fashion_mnist(data_dir: Path) -> tuple[dict[str, tuple], str]:
     return splits, f"Debian package dataset-fashion-mnist ({data_dir})"
 
 
+def fashion_mnist_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """Where Fashion-MNIST is read from: ``data_dir``, else
+    ``$DISCO_FASHION_MNIST_DIR``, else the Debian package's folder."""
+    return Path(data_dir or os.environ.get("DISCO_FASHION_MNIST_DIR", FASHION_MNIST_DIR))
+
+
+def fashion_mnist_items(split: str, data_dir: str | os.PathLike | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """One split of Fashion-MNIST as it is stored: ``(u8[M, 28, 28], int32[M])``
+    (the items :mod:`disco_jax.scenes` composes scenes from).
+
+    Raises:
+      DataError: ``split`` is not "train" or "test", or the files are missing.
+    """
+    if split not in _FASHION_FILES:
+        raise DataError(f"Fashion-MNIST has the splits {tuple(_FASHION_FILES)}, not {split!r}")
+    folder = fashion_mnist_dir(data_dir)
+    raw, _ = _fashion_mnist(folder)
+    images, labels = raw[split]
+    return images[..., 0], labels.astype(np.int32)
+
+
 def _tfds(name: str, data_dir: str | None, download: bool) -> tuple[dict[str, tuple], str]:
     """A prepared tfds dataset through ``tfds.data_source`` (array_record, no TensorFlow)."""
     import tensorflow_datasets as tfds
@@ -161,8 +183,7 @@ def load(name: str = "fashion_mnist", *, image_size: int | None = None,
       DataError: unknown name, files missing (says how to install them), or damaged.
     """
     if name == "fashion_mnist":
-        folder = Path(data_dir or os.environ.get("DISCO_FASHION_MNIST_DIR", FASHION_MNIST_DIR))
-        raw, source = _fashion_mnist(folder)
+        raw, source = _fashion_mnist(fashion_mnist_dir(data_dir))
     else:
         raw, source = _tfds(name, None if data_dir is None else str(data_dir), download)
     train_x = raw["train"][0].astype(np.float32) / 255.0
