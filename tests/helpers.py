@@ -47,6 +47,7 @@ class TinyNet(nnx.Module):
         self.down = dj.DiscoConv(w, 2 * w, 3, strides=2, nodes=nodes, use_bias=False, rngs=rngs)
         self.proj = dj.DiscoConv(w, 2 * w, 1, strides=2, nodes=nodes, use_bias=False, rngs=rngs)
         self.head = dj.DiscoDense(2 * w, classes, nodes=nodes, rngs=rngs)
+        self.num_classes = classes
         for index, (_, layer) in enumerate(sorted(dj.layers.disco_layers(self).items())):
             if layer.spec.split_input:
                 randomize(layer, jax.random.key(seed + index), k)

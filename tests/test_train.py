@@ -394,6 +394,7 @@ def test_fisher_ranks_channels_by_the_mean_squared_per_sample_mask_gradient():
 
 
 def test_distillation_loss_is_the_mix_of_cross_entropy_and_the_tempered_kl():
+    from disco_jax.tasks import Classification
     from disco_jax.train import Distillation, _loss
 
     data = toy_data(32)
@@ -410,7 +411,7 @@ def test_distillation_loss_is_the_mix_of_cross_entropy_and_the_tempered_kl():
     ce = -np.mean(log_softmax(s)[np.arange(len(labels)), labels])
     ls, lt = log_softmax(s / temperature), log_softmax(t / temperature)
     kl = np.mean(np.sum(np.exp(lt) * (lt - ls), -1))
-    total, (loss, _) = _loss(student, images, labels, 4, None, 0,
+    total, (loss, _) = _loss(student, images, labels, Classification(4), None, 0,
                              Distillation(weight, temperature), teacher(images))
     np.testing.assert_allclose(float(loss), (1 - weight) * ce + weight * temperature**2 * kl,
                                rtol=1e-5)

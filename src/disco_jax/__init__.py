@@ -14,7 +14,11 @@ subset of its channels. The public API is what this file re-exports:
   :mod:`disco_jax.refit` (least-squares refit of the weights that remain),
   :mod:`disco_jax.projections` (sending the k reduced-rank directions of a
   node's channels instead of k channels),
-  :mod:`disco_jax.data`
+  :mod:`disco_jax.data`, :mod:`disco_jax.scenes` (multi-garment scenes for
+  the dense tasks)
+- tasks: :mod:`disco_jax.tasks` (:class:`~disco_jax.tasks.Classification`,
+  :class:`~disco_jax.tasks.Segmentation`: loss, metrics, predictions;
+  :func:`~disco_jax.train.train` and :func:`~disco_jax.train.evaluate` take one)
 - masks: :func:`random_mask`, :func:`topk_mask`, :func:`dense_mask`,
   :func:`block_diagonal_mask`, :func:`k_for_ratio`, :func:`set_random_masks`
 - plans: :func:`compile_layer`, :func:`compile_plan`, :func:`save_plan`,

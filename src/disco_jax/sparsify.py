@@ -117,15 +117,25 @@ def input_rms(model: nnx.Module, images: jax.Array) -> dict[str, jax.Array]:
     return _rms_fn(graphdef)(state, jnp.asarray(images))
 
 
+def _task_of(model: nnx.Module, task):
+    """``task``, or classification into the model's ``num_classes``."""
+    from disco_jax.tasks import Classification, as_task
+
+    if task is not None:
+        return as_task(task)
+    classes = getattr(model, "num_classes", None)
+    if classes is None:
+        raise ConfigError(f"{type(model).__name__} has no num_classes: give the task "
+                          "(a disco_jax.tasks.Task) the importance is measured on")
+    return Classification(int(classes))
+
+
 @functools.lru_cache(maxsize=16)
-def _fisher_fn(graphdef):
+def _fisher_fn(graphdef, task):
     def sample_loss(masks, rest, image, label):
         model = nnx.merge(graphdef, masks, rest)  # a copy, in inference mode (BatchNorm's averages)
         model.eval()
-        logits = model(image[None])
-        classes = getattr(model, "num_classes", logits.shape[-1])
-        return optax.softmax_cross_entropy_with_integer_labels(logits[:, :classes],
-                                                               label[None]).sum()
+        return task.loss(task.outputs(model(image[None])), label[None])
 
     per_sample = jax.vmap(jax.grad(sample_loss), in_axes=(None, None, 0, 0))
 
@@ -136,38 +146,40 @@ def _fisher_fn(graphdef):
     return jax.jit(run)
 
 
-def mask_fisher(model: nnx.Module, images: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+def mask_fisher(model: nnx.Module, images: jax.Array, labels: jax.Array,
+                task=None) -> dict[str, jax.Array]:
     """``f32[N, N, C_in/N]`` per masked DISCO layer (by name): the empirical
     Fisher information of each mask entry, the mean over ``images`` of the
-    squared per-sample gradient of the cross-entropy with respect to
+    squared per-sample gradient of the task's loss (``task``, default
+    classification into ``model.num_classes``) with respect to
     ``m[i, j, c]`` (the model in inference mode)."""
     graphdef, masks, rest = nnx.split(model, CommMask, ...)
-    fisher = _fisher_fn(graphdef)(masks, rest, jnp.asarray(images), jnp.asarray(labels))
+    fisher = _fisher_fn(graphdef, _task_of(model, task))(
+        masks, rest, jnp.asarray(images), jnp.asarray(labels))
     # the model's structure with the Fisher values in place of the masks names them
     holder = nnx.merge(graphdef, fisher, rest)
     return {name: layer.mask[...] for name, layer in _split_layers(holder).items()}
 
 
 @functools.lru_cache(maxsize=16)
-def _mask_grad_fn(graphdef):
+def _mask_grad_fn(graphdef, task):
     def batch_loss(masks, rest, images, labels):
         model = nnx.merge(graphdef, masks, rest)  # a copy, in inference mode (BatchNorm's averages)
         model.eval()
-        logits = model(images)
-        classes = getattr(model, "num_classes", logits.shape[-1])
-        return optax.softmax_cross_entropy_with_integer_labels(logits[:, :classes],
-                                                               labels).mean()
+        return task.loss(task.outputs(model(images)), labels)
 
     return jax.jit(jax.grad(batch_loss))
 
 
-def mask_gradient(model: nnx.Module, images: jax.Array,
-                  labels: jax.Array) -> dict[str, jax.Array]:
+def mask_gradient(model: nnx.Module, images: jax.Array, labels: jax.Array,
+                  task=None) -> dict[str, jax.Array]:
     """``f32[N, N, C_in/N]`` per masked DISCO layer (by name): the gradient of
-    the mean cross-entropy over ``images`` with respect to each mask entry
+    the task's mean loss over ``images`` (``task``, default classification
+    into ``model.num_classes``) with respect to each mask entry
     ``m[i, j, c]`` at the current masks (the model in inference mode)."""
     graphdef, masks, rest = nnx.split(model, CommMask, ...)
-    grads = _mask_grad_fn(graphdef)(masks, rest, jnp.asarray(images), jnp.asarray(labels))
+    grads = _mask_grad_fn(graphdef, _task_of(model, task))(
+        masks, rest, jnp.asarray(images), jnp.asarray(labels))
     holder = nnx.merge(graphdef, grads, rest)  # names the gradients by layer
     return {name: layer.mask[...] for name, layer in _split_layers(holder).items()}
 
@@ -230,6 +242,9 @@ class GradualPruning:
         ``images`` and ``labels``) or ``"random"`` (a random order
         per layer, fixed by ``seed``).
       seed: seeds the random order.
+      task: the :class:`~disco_jax.tasks.Task` whose loss the Fisher
+        information is of (default: classification into the model's
+        ``num_classes``).
     """
 
     comm_ratio: float
@@ -239,6 +254,7 @@ class GradualPruning:
     lasso: float = 1e-2
     importance: Literal["weight_norm", "saliency", "fisher", "random"] = "weight_norm"
     seed: int = 0
+    task: object = None
 
     def __post_init__(self):
         k_for_ratio(self.comm_ratio, 1, "GradualPruning")
@@ -276,7 +292,8 @@ class GradualPruning:
                               f"on the training batch: call update(model, step, "
                               f"{', '.join(f'{what}=...' for what in needs)})")
         rms = input_rms(model, images) if self.importance == "saliency" else None
-        fisher = mask_fisher(model, images, labels) if self.importance == "fisher" else None
+        fisher = (mask_fisher(model, images, labels, self.task)
+                  if self.importance == "fisher" else None)
         for index, (name, layer) in enumerate(_split_layers(model).items()):
             if self.importance == "random":
                 scores = jax.random.uniform(_layer_key(self.seed, index), layer.mask[...].shape)
@@ -304,6 +321,8 @@ class StraightThroughTopK:
         weight norms divided by their largest (so in [0, 1]).
       interval: steps between score updates (each costs one forward and
         backward pass of the model on the step's batch).
+      task: the :class:`~disco_jax.tasks.Task` whose loss the scores learn
+        from (default: classification into the model's ``num_classes``).
 
     The scores and their optimiser state live in the method, not in the
     model: the model, its checkpoints and its weight optimiser are those of
@@ -316,6 +335,7 @@ class StraightThroughTopK:
     end: int
     learning_rate: float = 0.05
     interval: int = 1
+    task: object = None
     scores: dict | None = dataclasses.field(default=None, repr=False)
     _state: object = dataclasses.field(default=None, repr=False)
 
@@ -351,7 +371,7 @@ class StraightThroughTopK:
         if images is None or labels is None:
             raise ConfigError("StraightThroughTopK learns its scores on the training batch: "
                               "call update(model, step, images=..., labels=...)")
-        grads = mask_gradient(model, images, labels)
+        grads = mask_gradient(model, images, labels, self.task)
         updates, self._state = self._optimizer().update(grads, self._state, self.scores)
         self.scores = optax.apply_updates(self.scores, updates)
         self._set_masks(model)

@@ -2,9 +2,12 @@
 
 :func:`train` runs ``config.steps`` steps of SGD (Nesterov momentum) or
 AdamW, with a warmup + cosine schedule and weight decay, on a model in
-training form, with an optional :class:`~disco_jax.sparsify.MaskMethod` that
-adds its penalty to the loss and sets the masks between steps. BatchNorm uses
-batch statistics in training and its running averages in :func:`evaluate`.
+training form, on a task's loss (:mod:`disco_jax.tasks`; a number of
+classes means classification), with an optional
+:class:`~disco_jax.sparsify.MaskMethod` that adds its penalty to the loss and
+sets the masks between steps. BatchNorm uses
+batch statistics in training and its running averages in :func:`evaluate`
+(the task's primary metric) and :func:`evaluate_metrics` (all of them).
 
 With ``distill=Distillation(weight, temperature)`` and a ``teacher`` (the
 dense model a variant starts from, say) the loss mixes the labels' cross
@@ -40,6 +43,7 @@ from flax import nnx
 
 from disco_jax.data import Split, batch_indices
 from disco_jax.errors import ConfigError, DiscoError
+from disco_jax.tasks import Task, as_task
 
 
 class CheckpointError(DiscoError):
@@ -123,60 +127,69 @@ class Distillation:
                               f"{self.temperature}")
 
 
-def _loss(model, images, labels, classes, penalty, step, distill=None, teacher_logits=None):
-    logits = model(images)[:, :classes]
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+def _loss(model, images, labels, task, penalty, step, distill=None, teacher_outputs=None):
+    outputs = task.outputs(model(images))
+    loss = task.loss(outputs, labels)
     if distill is not None:
-        t = distill.temperature
-        soft = optax.losses.kl_divergence_with_log_targets(
-            jax.nn.log_softmax(logits / t), jax.nn.log_softmax(teacher_logits / t)).mean()
-        loss = (1.0 - distill.weight) * loss + distill.weight * t * t * soft
+        loss = ((1.0 - distill.weight) * loss
+                + distill.weight * task.distill(outputs, teacher_outputs, distill.temperature))
     penalty = penalty(model, step) if penalty is not None else 0.0
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-    return loss + penalty, (loss, accuracy)
+    return loss + penalty, (loss, task.accuracy(outputs, labels))
 
 
 @functools.lru_cache(maxsize=32)
-def make_train_step(classes: int, penalty=None, distill: Distillation | None = None):
+def make_train_step(task: Task | int, penalty=None, distill: Distillation | None = None):
     """A jitted ``step(model, optimizer, images, labels, step, teacher=None)
-    -> (loss, accuracy)``.
+    -> (loss, accuracy)`` for ``task`` (a :class:`~disco_jax.tasks.Task`, or
+    a number of classes: classification).
 
     ``penalty`` is a mask method's loss term (``MaskMethod.penalty``) or None;
     with ``distill`` the step also takes the ``teacher`` model (run in
-    inference form; its state is not changed). One function per (classes,
+    inference form; its state is not changed). One function per (task,
     penalty, distill): every :func:`train` call with equal arguments shares
     it, so a model of the same structure with an optimiser of the same
     settings compiles once per process, not once per run.
     """
+    task = as_task(task)
 
     @nnx.jit
     def train_step(model, optimizer, images, labels, step, teacher=None):
-        teacher_logits = None
+        teacher_outputs = None
         if distill is not None:
-            teacher_logits = jax.lax.stop_gradient(teacher(images)[:, :classes])
+            teacher_outputs = jax.lax.stop_gradient(task.outputs(teacher(images)))
         grads, (loss, accuracy) = nnx.grad(_loss, has_aux=True)(
-            model, images, labels, classes, penalty, step, distill, teacher_logits)
+            model, images, labels, task, penalty, step, distill, teacher_outputs)
         optimizer.update(model, grads)
         return loss, accuracy
 
     return train_step
 
 
-@functools.partial(nnx.jit, static_argnums=2)
-def _predict(model, images, classes):
-    return jnp.argmax(model(images)[:, :classes], -1)
+@functools.partial(nnx.jit, static_argnums=3)
+def _tally(model, images, targets, task):
+    return task.tally(task.outputs(model(images)), targets)
 
 
-def evaluate(model: nnx.Module, split: Split, classes: int, *, batch_size: int = 500) -> float:
-    """Top-1 accuracy of ``model`` (running BatchNorm statistics) on ``split``."""
+def evaluate_metrics(model: nnx.Module, split: Split, task: Task | int, *,
+                     batch_size: int = 500) -> dict[str, float]:
+    """Every metric of ``task`` for ``model`` (running BatchNorm statistics)
+    on ``split``, from the sum of the batches' tallies."""
+    task = as_task(task)
     model.eval()
-    correct = 0
+    total = 0
     for begin in range(0, len(split), batch_size):
-        images = split.images[begin:begin + batch_size]
-        predictions = _predict(model, images, classes)
-        correct += int(jnp.sum(predictions == split.labels[begin:begin + batch_size]))
+        total = total + np.asarray(_tally(model, split.images[begin:begin + batch_size],
+                                          split.labels[begin:begin + batch_size], task))
     model.train()
-    return correct / len(split)
+    return task.metrics(total)
+
+
+def evaluate(model: nnx.Module, split: Split, task: Task | int, *,
+             batch_size: int = 500) -> float:
+    """The primary metric of ``task`` (top-1 accuracy for classification or a
+    number of classes) of ``model`` on ``split`` (:func:`evaluate_metrics`)."""
+    task = as_task(task)
+    return evaluate_metrics(model, split, task, batch_size=batch_size)[task.metric]
 
 
 def _signature(model: nnx.Module) -> dict[str, list[int]]:
@@ -324,7 +337,7 @@ def _continue_from(optimizer: nnx.Optimizer, given: nnx.Optimizer, kind: str) ->
     return int(optimizer.step[...])
 
 
-def train(model: nnx.Module, train_split: Split, classes: int, config: TrainConfig, *,
+def train(model: nnx.Module, train_split: Split, task: Task | int, config: TrainConfig, *,
           method=None, checkpoint_dir: str | os.PathLike | None = None,
           optimizer: nnx.Optimizer | None = None, until: int | None = None,
           progress: bool = True, description: str = "train",
@@ -333,8 +346,11 @@ def train(model: nnx.Module, train_split: Split, classes: int, config: TrainConf
     """Trains ``model`` in place for ``config.steps`` steps (see the module docstring).
 
     Arguments:
-      model: a model in training form (its output's first ``classes`` columns are logits).
-      train_split: the training data.
+      model: a model in training form.
+      train_split: the training data (images and the task's targets).
+      task: a :class:`~disco_jax.tasks.Task` (its loss and the accuracy the
+        progress bar shows), or a number of classes: classification, the
+        model's output's first ``classes`` columns its logits.
       method: a :class:`~disco_jax.sparsify.MaskMethod`, or None to leave masks alone.
       checkpoint_dir: save here, and resume from here if it holds a checkpoint.
       optimizer: go on from this optimiser's state and step count (such as the
@@ -348,7 +364,7 @@ def train(model: nnx.Module, train_split: Split, classes: int, config: TrainConf
       stop_after: stop dead once this many steps are done, as a killed run would
         (for tests of resuming); the schedule is still that of ``config.steps``.
       teacher, distill: with both, the loss mixes in the teacher's softened
-        predictions (:class:`Distillation`); the teacher (same classes, any
+        predictions (:class:`Distillation`); the teacher (same task, any
         structure) is run in inference form and left unchanged.
 
     Raises:
@@ -380,7 +396,8 @@ def train(model: nnx.Module, train_split: Split, classes: int, config: TrainConf
             _restore(manager, latest, model, state, config.optimizer, directory)
             first = min(latest, config.steps)
     end = config.steps if until is None else min(until, config.steps)
-    step_fn = make_train_step(classes, None if method is None else method.penalty, distill)
+    step_fn = make_train_step(as_task(task), None if method is None else method.penalty,
+                              distill)
     loss = accuracy = None
     bar = tqdm(range(first, end), desc=description, disable=not progress,
                initial=first, total=end, dynamic_ncols=True)

@@ -1,0 +1,80 @@
+"""The task protocol (see :mod:`disco_jax.tasks`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from disco_jax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What a task family brings: subclasses set ``classes`` and define
+    :meth:`loss`, :meth:`predict`, :meth:`tally` and :meth:`metrics`.
+
+    Tasks are frozen dataclasses: equal tasks are one key of the jitted
+    training and evaluation steps (one compilation per model structure and
+    task, not per call).
+
+    Attributes:
+      classes: the output channels that carry the task's logits (the model's
+        output may be padded to a multiple of N; the padding is dropped).
+    """
+
+    classes: int
+
+    metric = "metric"
+    """The primary metric's name (a key of :meth:`metrics`)."""
+    higher_is_better = True
+
+    def __post_init__(self):
+        if not (isinstance(self.classes, int | np.integer) and self.classes >= 1):
+            raise ConfigError(f"{type(self).__name__} needs classes >= 1, got {self.classes!r}")
+
+    def outputs(self, raw: jax.Array) -> jax.Array:
+        """The model's output without the padding channels (last axis)."""
+        return raw[..., :self.classes]
+
+    def loss(self, outputs: jax.Array, targets: jax.Array) -> jax.Array:
+        """The mean training loss of a batch: cross-entropy over the last axis,
+        ``targets`` the class of each output position."""
+        return optax.softmax_cross_entropy_with_integer_labels(outputs, targets).mean()
+
+    def distill(self, outputs: jax.Array, teacher: jax.Array, temperature: float) -> jax.Array:
+        """The distillation term: ``T^2 * KL(teacher_T || student_T)`` per output
+        position, averaged (Hinton et al., 2015)."""
+        t = temperature
+        return t * t * optax.losses.kl_divergence_with_log_targets(
+            jax.nn.log_softmax(outputs / t), jax.nn.log_softmax(teacher / t)).mean()
+
+    def accuracy(self, outputs: jax.Array, targets: jax.Array) -> jax.Array:
+        """The share of positions predicted right (the training progress bar)."""
+        return jnp.mean(self.predict(outputs) == targets)
+
+    def predict(self, outputs: jax.Array) -> jax.Array:
+        """Predictions from outputs: the class of each position."""
+        return jnp.argmax(outputs, -1)
+
+    def tally(self, outputs: jax.Array, targets: jax.Array) -> jax.Array:
+        """What a batch adds to the metrics: an array that sums over batches."""
+        raise NotImplementedError
+
+    def metrics(self, total: np.ndarray) -> dict[str, float]:
+        """The metrics from the sum of every batch's :meth:`tally`."""
+        raise NotImplementedError
+
+
+def as_task(task: Task | int) -> Task:
+    """``task``, or ``Classification(task)`` for an int (a number of classes)."""
+    from disco_jax.tasks.classification import Classification
+
+    if isinstance(task, Task):
+        return task
+    if isinstance(task, int | np.integer) and not isinstance(task, bool):
+        return Classification(int(task))
+    raise ConfigError(f"expected a disco_jax.tasks.Task or a number of classes, got {task!r}")
