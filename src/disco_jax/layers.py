@@ -406,3 +406,41 @@ def disco_layers(model: nnx.Module) -> dict[str, _DiscoLinear]:
         if isinstance(module, _DiscoLinear):
             found["/".join(str(p) for p in path) or module.name] = module
     return found
+
+
+class NodeConcat(nnx.Module):
+    """Concatenates channel-split tensors node by node: the skip connection of
+    a decoder.
+
+    With tensors split over N nodes in contiguous blocks of ``C_t/N``
+    channels, node i's block of the result is its blocks of each input, in
+    order, ``[a_i, b_i, ...]``: each node concatenates what it holds, so the
+    concatenation needs no communication, and the DISCO layer that reads the
+    result sees its input laid out the same way in both forms. (A plain
+    ``jnp.concatenate`` on the global tensors would put every channel of
+    ``a`` before every channel of ``b`` and give node i other channels than it
+    holds; the equivalence tests catch that.)
+
+    Training form: ``NodeConcat(nodes)`` on global ``[..., C_t]``; inference
+    form (:func:`disco_jax.to_inference`): each node's local concatenation.
+    """
+
+    def __init__(self, nodes: int, name: str = "concat"):
+        self.nodes, self.name = nodes, name
+
+    def __call__(self, *xs: jax.Array) -> jax.Array:
+        for x in xs:
+            if x.shape[-1] % self.nodes or x.shape[:-1] != xs[0].shape[:-1]:
+                raise ConfigError(
+                    f"{self.name}: concatenates tensors of one shape but the last axis, "
+                    f"each with channels divisible by {self.nodes} nodes; got shapes "
+                    f"{[tuple(x.shape) for x in xs]}")
+        n = self.nodes
+        blocks = [x.reshape(*x.shape[:-1], n, x.shape[-1] // n) for x in xs]
+        return jnp.concatenate(blocks, -1).reshape(*xs[0].shape[:-1], -1)
+
+    def inference_form(self, nodes: int, name: str) -> NodeConcat:
+        if nodes != self.nodes:
+            raise ConfigError(f"{name}: NodeConcat for {self.nodes} nodes in a model run on "
+                              f"{nodes}; build the model for {nodes} nodes")
+        return NodeConcat(1, name)  # inside shard_map each node holds its own blocks

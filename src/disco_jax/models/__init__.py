@@ -10,4 +10,5 @@ from disco_jax.models.resnet import (
     ResNet50 as ResNet50,
     ResNet101 as ResNet101,
 )
+from disco_jax.models.segmenter import Segmenter as Segmenter
 from disco_jax.models.vit import ViT as ViT

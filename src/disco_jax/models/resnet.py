@@ -14,6 +14,10 @@ With ``nodes=1`` and 1000 classes, :func:`ResNet50` has exactly the standard
 not divide by ``nodes`` the classifier gets ``ceil(classes/N)*N`` outputs and
 the model's output is that wide: the first ``classes`` columns are the logits
 (:attr:`ResNet.num_classes`; ``DistributedModel(..., output_channels=...)``).
+
+With ``classes=None`` the network is a backbone with no classifier:
+:meth:`ResNet.features` gives each stage's output, for the decoders of dense
+tasks (:mod:`disco_jax.models.segmenter`).
 """
 
 from __future__ import annotations
@@ -102,7 +106,8 @@ class ResNet(nnx.Module):
     Arguments:
       block: :class:`BasicBlock` or :class:`Bottleneck`.
       stage_sizes: blocks per stage, e.g. ``(3, 4, 6, 3)``.
-      classes: number of classes.
+      classes: number of classes, or None: a backbone without a classifier
+        (:meth:`features` only).
       nodes: N, the nodes every layer is split over.
       in_channels: channels of the input image (3 for RGB, 1 for Fashion-MNIST).
       stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max-pool) or ``"small"`` (3x3/1 conv).
@@ -114,7 +119,7 @@ class ResNet(nnx.Module):
     Input ``f32[B, H, W, in_channels]``; output ``f32[B, ceil(classes/N)*N]``.
     """
 
-    def __init__(self, block: type, stage_sizes: Sequence[int], *, classes: int = 1000,
+    def __init__(self, block: type, stage_sizes: Sequence[int], *, classes: int | None = 1000,
                  nodes: int = 1, in_channels: int = 3,
                  stem: Literal["imagenet", "small"] = "imagenet", width: int = 64,
                  zero_init_residual: bool = False, rngs: nnx.Rngs):
@@ -131,27 +136,47 @@ class ResNet(nnx.Module):
             self.stem = DiscoConv(in_channels, width, 3, padding=1, nodes=nodes,
                                   use_bias=False, split_input=False, name="stem", rngs=rngs)
         self.stem_bn = _norm(width, rngs)
-        blocks, c_in = [], width
+        blocks, c_in, stage_ends, stage_channels = [], width, [], []
         for stage, size in enumerate(stage_sizes):
             for index in range(size):
                 stride = 2 if stage > 0 and index == 0 else 1
                 blocks.append(block(c_in, width * 2**stage, stride, nodes=nodes, rngs=rngs))
                 c_in = width * 2**stage * block.expansion
+            stage_ends.append(len(blocks))
+            stage_channels.append(c_in)
         self.blocks = nnx.List(blocks)
+        self.stage_ends, self.stage_channels = tuple(stage_ends), tuple(stage_channels)
         if zero_init_residual:
             for made in blocks:
                 last = made.last_norm()
                 last.scale[...] = jnp.zeros_like(last.scale[...])
-        padded = -(-classes // nodes) * nodes
-        self.head = DiscoDense(c_in, padded, nodes=nodes, name="head", rngs=rngs)
+        padded = None if classes is None else -(-classes // nodes) * nodes
+        self.head = (nnx.data(None) if classes is None else
+                     DiscoDense(c_in, padded, nodes=nodes, name="head", rngs=rngs))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    @property
+    def stem_stride(self) -> int:
+        """The first stage's stride against the input (4 with the ImageNet stem)."""
+        return 4 if self.stem_kind == "imagenet" else 1
+
+    def features(self, x: jax.Array) -> list[jax.Array]:
+        """Each stage's output: ``f32[B, H/s, W/s, stage_channels[i]]`` with
+        ``s = stem_stride * 2**i``."""
         x = nnx.relu(self.stem_bn(self.stem(x)))
         if self.stem_kind == "imagenet":
             x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        for block in self.blocks:
+        stages = []
+        for index, block in enumerate(self.blocks):
             x = block(x)
-        return self.head(jnp.mean(x, axis=(1, 2)))
+            if index + 1 in self.stage_ends:
+                stages.append(x)
+        return stages
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.head is None:
+            raise ConfigError("this ResNet is a backbone (classes=None): it has no "
+                              "classifier; call features(x)")
+        return self.head(jnp.mean(self.features(x)[-1], axis=(1, 2)))
 
 
 ResNet18 = partial(ResNet, BasicBlock, (2, 2, 2, 2))
