@@ -63,34 +63,13 @@ def load_run(run: Path, variant: str = "learned"):
     return model, plan, dataset, settings
 
 
-def predict(distributed, images, batch: int):
-    """Logits of ``images`` (host array) from a :class:`DistributedModel`, in
-    batches of ``batch`` (one compiled program; the last batch padded)."""
-    import jax.numpy as jnp
-    import numpy as np
-
-    from disco_jax.mesh import fetch
-
-    batch = min(batch, len(images))
-    compiled = distributed.compile(jnp.zeros((batch, *images.shape[1:]), images.dtype))
-    logits = []
-    for begin in range(0, len(images), batch):
-        chunk = images[begin:begin + batch]
-        count = len(chunk)
-        if count < batch:
-            chunk = np.concatenate([chunk, np.zeros((batch - count, *chunk.shape[1:]),
-                                                    chunk.dtype)])
-        out = distributed.outputs(compiled(*distributed.inputs(chunk)))
-        logits.append(fetch(out)[:count])
-    return np.concatenate(logits)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     import jax
     import numpy as np
 
     import disco_jax as dj
+    from disco_jax.evaluation import mesh_outputs
 
     record = args.run / "settings.json"
     nodes = json.loads(record.read_text())["nodes"] if record.is_file() else 1
@@ -107,7 +86,7 @@ def main(argv=None) -> int:
         test = dataset.test
         images, labels = test.images[:args.images], test.labels[:args.images]
         began = time.time()
-        logits = predict(distributed, images, args.batch)
+        logits = mesh_outputs(distributed, images, args.batch)
         seconds = time.time() - began
     except dj.DiscoError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -383,58 +383,21 @@ def distributed_check(model, plan, mesh, test, classes, batch: int = 500, *,
                        reference: bool = True) -> dict:
     """Runs ``model``'s inference form on ``mesh`` over ``test`` and, with
     ``reference``, compares it with the single-device masked reference (the
-    training form, one device). Without it, only the mesh's top-1."""
-    import jax.numpy as jnp
-    import numpy as np
-    from flax import nnx
+    training form, one device): :func:`disco_jax.evaluation.mesh_check`, in
+    the report's terms. Without it, only the mesh's top-1."""
+    from disco_jax.evaluation import mesh_check
+    from disco_jax.tasks import Classification
 
-    import disco_jax as dj
-
-    batch = min(batch, len(test))
-    distributed = dj.DistributedModel(model, mesh, plan, output_channels=classes)
-    model.eval()
-    reference_fn = nnx.jit(lambda m, x: m(x)[:, :classes])
-    compiled = distributed.compile(jnp.asarray(test.images[:batch]))
-    max_diff = max_ref = 0.0
-    predicted, expected, ties, seconds = [], [], 0, 0.0
-    for begin in range(0, len(test), batch):
-        images = test.images[begin:begin + batch]
-        count = len(images)
-        if count < batch:  # the compiled program's shape: pad, then drop the padding
-            images = np.concatenate([images, np.zeros((batch - count, *images.shape[1:]),
-                                                      images.dtype)])
-        started = time.time()
-        logits = distributed.outputs(compiled(*distributed.inputs(jnp.asarray(images))))
-        logits = np.asarray(logits)[:count]
-        seconds += time.time() - started
-        predicted.append(logits.argmax(-1))
-        if not reference:
-            continue
-        ref = np.asarray(reference_fn(model, jnp.asarray(images)))[:count]
-        max_diff = max(max_diff, float(np.max(np.abs(logits - ref))))
-        max_ref = max(max_ref, float(np.max(np.abs(ref))))
-        expected.append(ref.argmax(-1))
-        # a differing prediction is a float tie if the reference's top two are that close
-        top2 = np.sort(ref, -1)[:, -2:]
-        differ = logits.argmax(-1) != ref.argmax(-1)
-        ties += int(np.sum(differ & (top2[:, 1] - top2[:, 0] <= 1e-4 * max(max_ref, 1.0))))
-    model.train()
-    predicted = np.concatenate(predicted)
-    result = {"top1": float(np.mean(predicted == test.labels)), "images": len(test),
-              "batch": batch, "mesh_seconds": round(seconds, 2)}
+    check = mesh_check(model, plan, mesh, test, Classification(classes), batch=batch,
+                       reference=reference)
+    result = {"top1": check["metrics"]["top1"], "images": check["images"],
+              "batch": check["batch"], "mesh_seconds": check["mesh_seconds"]}
     if not reference:
         return result
-    expected = np.concatenate(expected)
-    hlo = compiled.as_text()
-    return result | {
-        "reference_top1": float(np.mean(expected == test.labels)),
-        "prediction_mismatches": int(np.sum(predicted != expected)),
-        "mismatches_that_are_ties": ties,
-        "max_abs_diff": max_diff, "max_abs_reference": max_ref,
-        "hlo_bytes_per_sample": dj.hlo_comm_bytes(hlo) / batch,
-        "hlo_flops_per_sample": dj.hlo_flops(compiled) / batch,
-        "other_collectives": dj.hlo_other_collectives(hlo),
-    }
+    return result | {"reference_top1": check["reference_metrics"]["top1"]} | {
+        key: check[key] for key in ("prediction_mismatches", "mismatches_that_are_ties",
+                                    "max_abs_diff", "max_abs_reference", "hlo_bytes_per_sample",
+                                    "hlo_flops_per_sample", "other_collectives")}
 
 
 def targets(report: dict, goals: Targets) -> list[tuple[str, str, bool | None]]:

@@ -31,6 +31,8 @@ class Task:
     metric = "metric"
     """The primary metric's name (a key of :meth:`metrics`)."""
     higher_is_better = True
+    output_rank = 2
+    """Rank of the model's output (``[B, C]``; ``[B, H, W, C]`` per pixel)."""
 
     def __post_init__(self):
         if not (isinstance(self.classes, int | np.integer) and self.classes >= 1):
@@ -59,6 +61,17 @@ class Task:
     def predict(self, outputs: jax.Array) -> jax.Array:
         """Predictions from outputs: the class of each position."""
         return jnp.argmax(outputs, -1)
+
+    def agreement(self, outputs: np.ndarray, reference: np.ndarray,
+                  tolerance: float) -> tuple[int, int, int]:
+        """How the mesh's outputs agree with the single-device reference's:
+        ``(positions, mismatches, ties)``: the predicted positions, those
+        predicted differently, and of those the ones where the reference's
+        top two outputs lie within ``tolerance`` (a float tie, not an error)."""
+        differ = np.argmax(outputs, -1) != np.argmax(reference, -1)
+        top2 = np.sort(reference, -1)[..., -2:]
+        ties = differ & (top2[..., 1] - top2[..., 0] <= tolerance)
+        return differ.size, int(differ.sum()), int(ties.sum())
 
     def tally(self, outputs: jax.Array, targets: jax.Array) -> jax.Array:
         """What a batch adds to the metrics: an array that sums over batches."""

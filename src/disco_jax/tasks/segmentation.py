@@ -23,6 +23,7 @@ class Segmentation(Task):
     """
 
     metric = "miou"
+    output_rank = 4
 
     def tally(self, outputs: jax.Array, targets: jax.Array) -> jax.Array:
         """``int32[C, C]``: pixels of target class t predicted as p at ``[t, p]``."""

@@ -1,0 +1,109 @@
+"""A model over a dataset on a mesh, checked against one device.
+
+:func:`mesh_outputs` runs a :class:`~disco_jax.DistributedModel` over host
+images in batches of one compiled shape (the last batch padded, the padding
+dropped); :func:`mesh_check` runs a trained model's inference form on a mesh
+over a split, measures the task's metrics from the mesh's outputs and, with
+``reference=True``, compares them with the training form on one device (the
+masked reference): the predictions that differ (and of those, the float
+ties), the largest absolute difference, and the compiled program's bytes,
+FLOPs and collectives.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from disco_jax.tasks import Task, as_task
+
+
+def padded_batches(images: np.ndarray, batch: int) -> Iterator[tuple[np.ndarray, int]]:
+    """``(images of one batch padded with zeros to batch, how many are real)``."""
+    for begin in range(0, len(images), batch):
+        chunk = images[begin:begin + batch]
+        count = len(chunk)
+        if count < batch:
+            chunk = np.concatenate([chunk, np.zeros((batch - count, *chunk.shape[1:]),
+                                                    chunk.dtype)])
+        yield chunk, count
+
+
+def mesh_outputs(distributed, images: np.ndarray, batch: int) -> np.ndarray:
+    """The outputs of ``distributed`` (a :class:`~disco_jax.DistributedModel`)
+    on ``images``, gathered on the host (every process, with one process per
+    node), in batches of ``batch`` (one compiled program)."""
+    import jax.numpy as jnp
+
+    from disco_jax.mesh import fetch
+
+    batch = min(batch, len(images))
+    compiled = distributed.compile(jnp.zeros((batch, *images.shape[1:]), images.dtype))
+    outputs = [fetch(distributed.outputs(compiled(*distributed.inputs(chunk))))[:count]
+               for chunk, count in padded_batches(images, batch)]
+    return np.concatenate(outputs)
+
+
+def mesh_check(model, plan, mesh, split, task: Task | int, *, batch: int = 500,
+               reference: bool = True) -> dict:
+    """Runs ``model``'s inference form (``plan``) on ``mesh`` over ``split``.
+
+    Returns:
+      ``metrics`` (the task's, from the mesh's outputs), ``images``,
+      ``batch``, ``mesh_seconds`` (the mesh's calls, transfers included);
+      with ``reference``: ``reference_metrics`` (the training form on one
+      device), ``positions`` (predictions compared: images, or pixels),
+      ``prediction_mismatches``, ``mismatches_that_are_ties``,
+      ``max_abs_diff``, ``max_abs_reference``, ``hlo_bytes_per_sample``,
+      ``hlo_flops_per_sample`` and ``other_collectives`` of the compiled
+      program.
+    """
+    import jax.numpy as jnp
+    from flax import nnx
+
+    import disco_jax as dj
+
+    task = as_task(task)
+    batch = min(batch, len(split))
+    distributed = dj.DistributedModel(model, mesh, plan, output_rank=task.output_rank,
+                                      output_channels=task.classes)
+    model.eval()
+    reference_fn = nnx.jit(lambda m, x: task.outputs(m(x)))
+    compiled = distributed.compile(jnp.asarray(split.images[:batch]))
+    total = reference_total = 0
+    positions = mismatches = ties = 0
+    max_diff = max_ref = seconds = 0.0
+    for begin, (images, count) in zip(range(0, len(split), batch),
+                                      padded_batches(split.images, batch), strict=True):
+        targets = split.labels[begin:begin + count]
+        started = time.time()
+        outputs = distributed.outputs(compiled(*distributed.inputs(jnp.asarray(images))))
+        outputs = np.asarray(outputs)[:count]
+        seconds += time.time() - started
+        total = total + np.asarray(task.tally(outputs, targets))
+        if not reference:
+            continue
+        ref = np.asarray(reference_fn(model, jnp.asarray(images)))[:count]
+        reference_total = reference_total + np.asarray(task.tally(ref, targets))
+        max_diff = max(max_diff, float(np.max(np.abs(outputs - ref))))
+        max_ref = max(max_ref, float(np.max(np.abs(ref))))
+        counts = task.agreement(outputs, ref, 1e-4 * max(max_ref, 1.0))
+        positions, mismatches, ties = (a + b for a, b in
+                                       zip((positions, mismatches, ties), counts, strict=True))
+    model.train()
+    result = {"metrics": task.metrics(total), "images": len(split), "batch": batch,
+              "mesh_seconds": round(seconds, 2)}
+    if not reference:
+        return result
+    hlo = compiled.as_text()
+    return result | {
+        "reference_metrics": task.metrics(reference_total),
+        "positions": positions, "prediction_mismatches": mismatches,
+        "mismatches_that_are_ties": ties,
+        "max_abs_diff": max_diff, "max_abs_reference": max_ref,
+        "hlo_bytes_per_sample": dj.hlo_comm_bytes(hlo) / batch,
+        "hlo_flops_per_sample": dj.hlo_flops(compiled) / batch,
+        "other_collectives": dj.hlo_other_collectives(hlo),
+    }
