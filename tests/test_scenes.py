@@ -89,6 +89,12 @@ def test_training_scenes_use_training_garments_and_test_scenes_test_garments(tmp
     for split, ink in (("train", 100), ("test", 200)):
         made = scenes.load(split, 8, data_dir=tmp_path)
         assert made.images.max() == pytest.approx(ink / 255, abs=1e-6)
+    dataset = scenes.load_dataset(16, 4, data_dir=tmp_path)
+    assert dataset.classes == 11 and dataset.image_shape == (64, 64, 1)
+    assert dataset.test.labels.shape == (4, 64, 64) and dataset.test.labels.dtype == np.int32
+    assert abs(dataset.train.images.mean()) < 1e-4 and abs(dataset.train.images.std() - 1) < 1e-3
+    fewer = scenes.load_dataset(8, 4, data_dir=tmp_path)  # the same test scenes
+    np.testing.assert_array_equal(fewer.test.labels, dataset.test.labels)
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -214,3 +214,26 @@ def load(split: str, count: int, config: SceneConfig | None = None, *, seed: int
     items, labels = fashion_mnist_items(split, data_dir)
     return generate(items, labels, count, config, split=split, seed=seed)
 
+
+
+def load_dataset(train_scenes: int = 20000, test_scenes: int = 2000,
+                 config: SceneConfig | None = None, *, seed: int = 0,
+                 data_dir: str | os.PathLike | None = None):
+    """The scenes as a segmentation :class:`~disco_jax.data.Dataset`: images
+    standardised with the training scenes' mean and std, class maps as the
+    targets, ``classes`` = garment classes + 1 (background). The test
+    scenes depend only on ``(seed, index)``: the same fixed test set for every
+    run of one seed, whatever the number of training scenes.
+    """
+    from disco_jax.data import Dataset, Split
+
+    config = config or SceneConfig()
+    train = load("train", train_scenes, config, seed=seed, data_dir=data_dir)
+    test = load("test", test_scenes, config, seed=seed, data_dir=data_dir)
+    mean, std = float(train.images.mean()), float(train.images.std())
+    splits = [Split(((made.images - mean) / std).astype(np.float32), made.class_maps)
+              for made in (train, test)]
+    return Dataset("fashion_scenes", *splits, classes=train.classes + 1,
+                   source=f"scenes of {config.items[0]}-{config.items[1]} Fashion-MNIST "
+                          f"garments on a {config.canvas} px canvas (disco_jax.scenes, "
+                          f"seed {seed})")
