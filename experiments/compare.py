@@ -196,21 +196,22 @@ def comm_ratio_of(variant: str, comm_ratio: float) -> float:
 
 
 def mask_method(variant: str, comm_ratio: float, schedule: Schedule, seed: int,
-                start: int = 0):
+                start: int = 0, task=None):
     """The :class:`~disco_jax.sparsify.MaskMethod` of ``variant``'s pruning
-    phase, which begins at step ``start``."""
+    phase, which begins at step ``start``; importances that measure a loss
+    measure ``task``'s (default: classification into the model's classes)."""
     from disco_jax import sparsify
 
     def pruning(ratio, **options):
         return sparsify.GradualPruning(ratio, start=start, end=start + schedule.prune_steps,
                                        interval=max(schedule.prune_steps // 15, 1), seed=seed,
-                                       **options)
+                                       task=task, **options)
 
     if schedule.importance == STRAIGHT_THROUGH:
         # the learned masks are exact from the start: so are the baselines'
         if variant == "learned":
             return sparsify.StraightThroughTopK(comm_ratio, start=start,
-                                                end=start + schedule.prune_steps)
+                                                end=start + schedule.prune_steps, task=task)
         if variant in ("random", "random_directions", "no_comm"):
             return sparsify.FixedMask("no_comm" if variant == "no_comm" else "random",
                                       comm_ratio, start=start, seed=seed)
@@ -237,7 +238,7 @@ def run_config(schedule: Schedule, steps: int, seed: int):
                        seed=seed, checkpoint_every=max(steps, 1))
 
 
-def train_dense(dense, train_split, classes: int, schedule: Schedule, steps: int, seed: int,
+def train_dense(dense, train_split, task, schedule: Schedule, steps: int, seed: int,
                 *, checkpoint_dir: Path | None = None, description: str = "dense"):
     """Trains ``dense`` with every channel read for the first ``steps`` steps of
     the run its variants go on with (``run_config(schedule, steps +
@@ -254,12 +255,12 @@ def train_dense(dense, train_split, classes: int, schedule: Schedule, steps: int
     sparsify.FixedMask("dense_split").update(dense, 0)
     config = run_config(schedule, steps + schedule.steps, seed)
     config = dataclasses.replace(config, checkpoint_every=max(steps // 4, 1))
-    return train(dense, train_split, classes, config, until=steps,
+    return train(dense, train_split, task, config, until=steps,
                  checkpoint_dir=checkpoint_dir, description=description).optimizer
 
 
 def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, seed: int,
-                  train_split, evaluate_fn, classes: int, *, checkpoint_dir: Path | None = None,
+                  train_split, evaluate_fn, task, *, checkpoint_dir: Path | None = None,
                   label: str = "", optimizer=None, evaluate_final: bool = True):
     """Trains one variant from a copy of the dense model.
 
@@ -277,14 +278,16 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
 
     Arguments:
       dense: the trained dense model (left as it is).
-      evaluate_fn: ``model -> top-1`` (called after each phase).
+      evaluate_fn: ``model -> metric`` (called after each phase).
+      task: the :class:`~disco_jax.tasks.Task` trained on (or a number of
+        classes: classification).
       checkpoint_dir: save each phase here (``prune/`` and ``finetune/``) and
         resume from it.
       evaluate_final: False to skip ``evaluate_fn`` after fine-tuning (the
         caller measures the model itself).
 
     Returns:
-      ``(model, top-1 at budget, top-1 after fine-tuning or None)``.
+      ``(model, metric at budget, metric after fine-tuning or None)``.
     """
     from flax import nnx
 
@@ -309,14 +312,14 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
             "reduced_rank" if variant == "learned" else "random_directions", comm_ratio, seed)
     fresh = optimizer is None
     start = 0 if fresh else int(optimizer.step[...])
-    method = mask_method(variant, comm_ratio, schedule, seed, start=start)
+    method = mask_method(variant, comm_ratio, schedule, seed, start=start, task=task)
     if fresh:
         prune_config = run_config(schedule, schedule.prune_steps, seed + 1000)
         finetune_config = run_config(schedule, schedule.finetune_steps, seed + 2000)
     else:
         prune_config = finetune_config = run_config(schedule, start + schedule.steps, seed)
     if schedule.prune_steps > 0:
-        optimizer = train(model, train_split, classes, prune_config, method=method,
+        optimizer = train(model, train_split, task, prune_config, method=method,
                           optimizer=optimizer, checkpoint_dir=folder("prune"),
                           until=start + schedule.prune_steps, teacher=teacher, distill=distill,
                           description=f"{label}{variant} prune").optimizer
@@ -325,7 +328,7 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
     if schedule.refit == "lstsq" and variant != "dense_split":
         refit(model, dense, images, choose=choose, inputs=schedule.refit_inputs)
     at_budget = evaluate_fn(model)
-    train(model, train_split, classes, finetune_config, optimizer=None if fresh else optimizer,
+    train(model, train_split, task, finetune_config, optimizer=None if fresh else optimizer,
           checkpoint_dir=folder("finetune"), teacher=teacher, distill=distill,
           description=f"{label}{variant} fine-tune")
     return model, at_budget, evaluate_fn(model) if evaluate_final else None

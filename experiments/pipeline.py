@@ -17,8 +17,8 @@ Per run, on the offline default data (Fashion-MNIST from the Debian package):
    ``--out``;
 4. run the DISCO model on an N-device mesh (``jax.shard_map``; emulated CPU
    devices when the machine has fewer) over the test set, and check it
-   against the single-device masked reference; the other variants' top-1 is
-   measured on the mesh as well;
+   against the single-device masked reference; the other variants' metric
+   (the task's: top-1, mIoU, ...) is measured on the mesh as well;
 5. print the DESIGN.md section 7 table, write it as JSON (``--report``) and
    draw the PNG plots (bytes per layer; accuracy against comm ratio with
    ``--sweep``).
@@ -86,6 +86,13 @@ class Network:
       recipe: training details the report adds to its recipe.
       targets: what the run must show.
       doc: the program's help text.
+      dataset_name: the default ``--dataset``.
+      load: ``settings -> Dataset``: the run's data (default: a
+        classification dataset, :func:`load_classification`).
+      task: ``dataset -> Task``: what the network is trained and measured on
+        (default: classification into the dataset's classes).
+      picture: ``(models, test, task, path) -> path`` or None: a figure of
+        test examples and the variants' outputs (segmentation maps, say).
     """
 
     program: str
@@ -99,6 +106,20 @@ class Network:
     choices: dict[str, tuple] = dataclasses.field(default_factory=dict)
     helps: dict[str, str] = dataclasses.field(default_factory=dict)
     recipe: dict = dataclasses.field(default_factory=dict)
+    dataset_name: str = "fashion_mnist"
+    load: Callable[[dict], object] | None = None
+    task: Callable[[object], object] | None = None
+    picture: Callable | None = None
+
+    def dataset(self, settings: dict):
+        """The data of a run with ``settings``."""
+        return (self.load or load_classification)(settings)
+
+    def task_of(self, dataset):
+        """The :class:`~disco_jax.tasks.Task` of a run on ``dataset``."""
+        from disco_jax.tasks import Classification
+
+        return self.task(dataset) if self.task else Classification(dataset.classes)
 
     @property
     def settings(self) -> tuple[str, ...]:
@@ -117,11 +138,23 @@ def network_of(model: str) -> Network:
     """The :class:`Network` that trains ``model`` (a run's ``settings["model"]``)."""
     from disco_jax.errors import ConfigError
 
-    for program in ("experiments.resnet50", "experiments.vit"):
+    for program in PROGRAMS:
         network = importlib.import_module(program).NETWORK
         if model in network.models:
             return network
     raise ConfigError(f"no experiment trains a model named {model!r}")
+
+
+PROGRAMS = ("experiments.resnet50", "experiments.vit", "experiments.segmentation")
+"""The experiments built on this pipeline (their ``NETWORK``s; model names are unique)."""
+
+
+def load_classification(settings: dict):
+    """A classification dataset (:func:`disco_jax.data.load`) at the run's
+    ``dataset`` and ``image_size``."""
+    from disco_jax import data
+
+    return data.load(settings["dataset"], image_size=settings["image_size"])
 
 
 def build_model(settings: dict, dataset):
@@ -139,7 +172,6 @@ def open_run(run: Path, checkpoint: str, holds: str, program: str):
       ConfigError: ``{run} holds no {holds} (... is missing)``, naming
         ``program`` as the way to make one.
     """
-    from disco_jax import data
     from disco_jax.errors import ConfigError
 
     record, folder = run / "settings.json", run / checkpoint
@@ -148,7 +180,7 @@ def open_run(run: Path, checkpoint: str, holds: str, program: str):
         raise ConfigError(f"{run} holds no {holds} ({missing} is missing); make one with "
                           f"python -m {program} --out {run}")
     settings = json.loads(record.read_text())
-    dataset = data.load(settings["dataset"], image_size=settings["image_size"])
+    dataset = network_of(settings["model"]).dataset(settings)
     return settings, dataset, build_model(settings, dataset)
 
 
@@ -159,8 +191,9 @@ def parse_args(network: Network, argv=None) -> argparse.Namespace:
     parser.add_argument("--comm-ratio", type=float, default=0.2,
                         help="rho = channels sent / channels a node holds, in [0, 1]")
     parser.add_argument("--model", choices=network.models, default=network.models[0])
-    parser.add_argument("--dataset", default="fashion_mnist",
-                        help="fashion_mnist (offline) or a tensorflow-datasets name")
+    parser.add_argument("--dataset", default=network.dataset_name,
+                        help=network.helps.get("dataset", "fashion_mnist (offline) or a "
+                                                          "tensorflow-datasets name"))
     parser.add_argument("--init", type=Path,
                         help="load the dense model from this checkpoint folder instead of "
                              "training it")
@@ -255,12 +288,14 @@ def run(network: Network, args) -> dict:
     )
 
     started, timings = time.time(), {}
-    dataset = data.load(args.dataset, image_size=args.image_size)
+    settings = _settings(network, args)
+    dataset = network.dataset(settings)
+    task = network.task_of(dataset)
     test = data.Split(dataset.test.images[:args.test_images],
                       dataset.test.labels[:args.test_images])
     held_out = data.Split(test.images[:args.eval_images], test.labels[:args.eval_images])
-    classes, image = dataset.classes, (1, *dataset.image_shape)
-    dense = network.build(_settings(network, args), dataset)
+    image = (1, *dataset.image_shape)
+    dense = network.build(settings, dataset)
     mesh = dj.make_mesh(args.mesh)  # too few devices: say so before any training
 
     # 1. the dense model: the first steps of one run that each variant goes on with
@@ -272,14 +307,14 @@ def run(network: Network, args) -> dict:
     if args.init is not None:
         pretrain_steps = None
     else:
-        optimizer = train_dense(dense, dataset.train, classes, schedule, args.pretrain_steps,
+        optimizer = train_dense(dense, dataset.train, task, schedule, args.pretrain_steps,
                                 args.seed, checkpoint_dir=args.out / "dense")
         init_step, pretrain_steps = None, args.pretrain_steps
     timings["dense"] = time.time() - started
 
     # 2. the variants, from that one checkpoint, with the same steps
-    def held_out_top1(model):
-        return evaluate(model, held_out, classes)
+    def held_out_score(model):
+        return evaluate(model, held_out, task)
 
     variants = variants_of(schedule) if args.mesh > 1 else ("dense_split",)  # N = 1: no comm
     models, plans, at_budget, bytes_sent = {}, {}, {}, {}
@@ -287,7 +322,7 @@ def run(network: Network, args) -> dict:
         begin = time.time()
         models[variant], at_budget[variant], _ = train_variant(
             dense, variant, args.comm_ratio, schedule, args.seed, dataset.train,
-            held_out_top1, classes, checkpoint_dir=args.out / variant, optimizer=optimizer,
+            held_out_score, task, checkpoint_dir=args.out / variant, optimizer=optimizer,
             evaluate_final=False)
         plans[variant], _, bytes_sent[variant] = plan_and_budget_bytes(
             models[variant], image, comm_ratio_of(variant, args.comm_ratio))
@@ -296,47 +331,52 @@ def run(network: Network, args) -> dict:
         models["learned"], plans["learned"] = models["dense_split"], plans["dense_split"]
 
     # the test set, on the mesh: DISCO against its single-device reference, the
-    # other variants' top-1 (at N = 1 DISCO is the dense split)
+    # other variants' metric (at N = 1 DISCO is the dense split)
     begin = time.time()
+    metric = task.metric
     disco, plan = models["learned"], plans["learned"]
     plan_dir = dj.save_plan(plan, args.out / "plan", overwrite=True)
-    check = distributed_check(disco, plan, mesh, test, classes)
-    top1 = {v: check["reference_top1"] if model is disco else
-            distributed_check(model, plans[v], mesh, test, classes, reference=False)["top1"]
-            for v, model in models.items()}
+    check = distributed_check(disco, plan, mesh, test, task)
+    scores = {v: check[f"reference_{metric}"] if model is disco else
+              distributed_check(model, plans[v], mesh, test, task, reference=False)[metric]
+              for v, model in models.items()}
     timings["test_and_mesh"] = time.time() - begin
+    figures = []
+    if network.picture is not None:
+        figures.append(network.picture(models, test, task, args.out / "examples.png"))
 
     # accuracy against comm ratio: the learned method at each ratio, same steps
     sweep = []
     for ratio in args.sweep:
         known = {args.comm_ratio: "learned", 0.0: "no_comm", 1.0: "dense_split"}.get(ratio)
         if args.mesh > 1 and known in models:
-            sweep.append({"comm_ratio": ratio, "top1": top1[known], "variant": known})
+            sweep.append({"comm_ratio": ratio, metric: scores[known], "variant": known})
             continue
         model, _, _ = train_variant(dense, "learned", ratio, schedule, args.seed,
-                                    dataset.train, held_out_top1, classes,
+                                    dataset.train, held_out_score, task,
                                     checkpoint_dir=args.out / f"sweep-{ratio:g}",
                                     optimizer=optimizer, evaluate_final=False)
-        ratio_top1 = distributed_check(model, dj.compile_plan(model), mesh, test, classes,
-                                        reference=False)["top1"]
-        sweep.append({"comm_ratio": ratio, "top1": ratio_top1, "variant": "learned"})
+        score = distributed_check(model, dj.compile_plan(model), mesh, test, task,
+                                  reference=False)[metric]
+        sweep.append({"comm_ratio": ratio, metric: score, "variant": "learned"})
 
     costs = dj.model_costs(disco, image, plan)
     totals = costs.totals
 
     def quality(values):
-        result = {"metric": "top1", "single": values.get("dense_split")}
+        result = {"metric": metric, "single": values.get("dense_split")}
         result.update({QUALITY_KEYS[v]: values.get(v) for v in variants_of(schedule)})
         return result
 
     steps = (args.pretrain_steps if pretrain_steps is not None else 0) + schedule.steps
     return {
-        "model": args.model, "task": "classification", "dataset": args.dataset,
+        "model": args.model, "task": task.name, "metric_label": task.label,
+        "dataset": args.dataset,
         "input_shape": list(dataset.image_shape),
         **{name: getattr(args, name) for name in network.architecture},
         "nodes": args.mesh, "comm_ratio": args.comm_ratio, "payload_dtype": "float32",
         "preset": args.preset, "seed": args.seed,
-        "quality": quality(top1),
+        "quality": quality(scores),
         "quality_at_budget": quality(at_budget) | {"images": len(held_out)},
         "test_images": len(test),
         "steps_per_variant": {
@@ -364,7 +404,7 @@ def run(network: Network, args) -> dict:
                         if k not in ("hlo_bytes_per_sample", "hlo_flops_per_sample",
                                      "max_abs_diff")},
         "latency_ms": None,  # emulated devices share the host's cores: see benchmarks
-        "sweep": sweep,
+        "sweep": sweep, "plots": [str(path) for path in figures],
         "paths": {"out": str(args.out), "plan": str(plan_dir),
                   "disco_checkpoint": str(args.out / "learned" / "finetune")},
         "layers": [{"name": name, "k": entry["k"], "input_shape": list(entry["input_shape"]),
@@ -379,24 +419,26 @@ def run(network: Network, args) -> dict:
     }
 
 
-def distributed_check(model, plan, mesh, test, classes, batch: int = 500, *,
+def distributed_check(model, plan, mesh, test, task, batch: int = 500, *,
                        reference: bool = True) -> dict:
     """Runs ``model``'s inference form on ``mesh`` over ``test`` and, with
     ``reference``, compares it with the single-device masked reference (the
     training form, one device): :func:`disco_jax.evaluation.mesh_check`, in
-    the report's terms. Without it, only the mesh's top-1."""
+    the report's terms (the primary metric as ``task.metric`` and
+    ``reference_`` + it). Without it, only the mesh's metrics."""
     from disco_jax.evaluation import mesh_check
-    from disco_jax.tasks import Classification
 
-    check = mesh_check(model, plan, mesh, test, Classification(classes), batch=batch,
-                       reference=reference)
-    result = {"top1": check["metrics"]["top1"], "images": check["images"],
-              "batch": check["batch"], "mesh_seconds": check["mesh_seconds"]}
+    check = mesh_check(model, plan, mesh, test, task, batch=batch, reference=reference)
+    metric = task.metric
+    result = {metric: check["metrics"][metric], "images": check["images"],
+              "batch": check["batch"], "mesh_seconds": check["mesh_seconds"],
+              "metrics": check["metrics"]}
     if not reference:
         return result
-    return result | {"reference_top1": check["reference_metrics"]["top1"]} | {
-        key: check[key] for key in ("prediction_mismatches", "mismatches_that_are_ties",
-                                    "max_abs_diff", "max_abs_reference", "hlo_bytes_per_sample",
+    return result | {f"reference_{metric}": check["reference_metrics"][metric]} | {
+        key: check[key] for key in ("reference_metrics", "positions", "prediction_mismatches",
+                                    "mismatches_that_are_ties", "max_abs_diff",
+                                    "max_abs_reference", "hlo_bytes_per_sample",
                                     "hlo_flops_per_sample", "other_collectives")}
 
 
@@ -419,7 +461,7 @@ def targets(report: dict, goals: Targets) -> list[tuple[str, str, bool | None]]:
                      params["disco"] / params["single"] <= goals.params))
     if quality["random_mask"] is not None:
         gap = 100 * (quality["dense_split"] - quality["disco"])
-        rows.append((f"DISCO top-1 within {goals.gap:.1f} point of the dense split",
+        rows.append((f"DISCO {_label(report)} within {goals.gap:.1f} point of the dense split",
                      f"{abs(gap):.2f} points {'below' if gap > 0 else 'above'}",
                      gap <= goals.gap))
         lead = 100 * (quality["disco"] - quality["random_mask"])
@@ -457,6 +499,11 @@ def _distill_line(recipe: dict) -> list[str]:
             f"{recipe['distill']:g}, temperature {recipe['distill_temperature']:g}"]
 
 
+def _label(report: dict) -> str:
+    """The primary metric as the tables head it (reports before tasks: top-1)."""
+    return report.get("metric_label", "top-1")
+
+
 def format_report(report: dict, network: Network) -> str:
     """The terminal table (DESIGN.md section 7 fields)."""
 
@@ -464,6 +511,7 @@ def format_report(report: dict, network: Network) -> str:
         return "     -" if value is None else f"{100 * value:6.2f}"
 
     steps, quality, recipe = report["steps_per_variant"], report["quality"], report["recipe"]
+    metric = quality["metric"]
     at_budget, dist = report["quality_at_budget"], report["distributed"]
     comm, flops, params = (report["comm_bytes_per_sample"], report["flops_per_node"],
                            report["params_per_node"])
@@ -480,7 +528,7 @@ def format_report(report: dict, network: Network) -> str:
         "the whole run",
         *_masks_line(recipe, steps),
         *_distill_line(recipe),
-        f"  {'top-1 %':22} {'test (' + str(report['test_images']) + ')':>12} "
+        f"  {_label(report) + ' %':22} {'test (' + str(report['test_images']) + ')':>12} "
         f"{'at budget (' + str(at_budget['images']) + ')':>18}",
     ]
     for key, name in (("single", "single device"), ("dense_split", "dense split"),
@@ -502,15 +550,16 @@ def format_report(report: dict, network: Network) -> str:
         f"  weights per node          single {params['single']:>14,}   dense split "
         f"{params['dense_split']:>14,}   DISCO {params['disco']:>14,} "
         f"({params['disco'] / params['single']:.2f} of single)",
-        f"  DISCO on a {report['nodes']}-device mesh over {dist['images']} test images: top-1 "
-        f"{100 * dist['top1']:.2f} (single-device reference {100 * dist['reference_top1']:.2f}),"
-        f" {dist['prediction_mismatches']} predictions differ "
+        f"  DISCO on a {report['nodes']}-device mesh over {dist['images']} test images: "
+        f"{_label(report)} {100 * dist[metric]:.2f} (single-device reference "
+        f"{100 * dist['reference_' + metric]:.2f}), {dist['prediction_mismatches']} "
+        f"predictions differ "
         f"({dist['mismatches_that_are_ties']} float ties), max |logit diff| "
         f"{report['max_abs_diff_vs_reference']:.2e} (max |logit| {dist['max_abs_reference']:.2f})",
     ]
     if report["sweep"]:
         rows.append("  sweep (learned masks, same steps): " + ", ".join(
-            f"rho {p['comm_ratio']:g}: {100 * p['top1']:.2f}" for p in report["sweep"]))
+            f"rho {p['comm_ratio']:g}: {100 * p[metric]:.2f}" for p in report["sweep"]))
     rows.append(f"{network.targets.title}:")
     for what, measured, met in targets(report, network.targets):
         verdict = "not measured" if met is None else ("met" if met else "NOT met")
@@ -539,7 +588,7 @@ def run_and_print(network: Network, args) -> dict:
     figures = [plots.bytes_per_layer(report, args.out / "bytes_per_layer.png")]
     if report["sweep"]:
         figures.append(plots.accuracy_vs_ratio(report, args.out / "accuracy_vs_ratio.png"))
-    report["plots"] = [str(path) for path in figures]
+    report["plots"] = [str(path) for path in figures] + report["plots"]
     report["verified"] = verified(report)
     print(format_report(report, network))
     print(f"distributed == reference, HLO bytes == plan bytes, budgets exact: "

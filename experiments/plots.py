@@ -37,12 +37,13 @@ def bytes_per_layer(report: dict, path: Path) -> Path:
 
 
 def accuracy_vs_ratio(report: dict, path: Path) -> Path:
-    """Top-1 against the comm ratio (learned masks), with the random-mask point
-    and the dense split for reference."""
+    """The task's metric (top-1, mIoU, ...) against the comm ratio (learned
+    masks), with the random-mask point and the dense split for reference."""
     plt = _pyplot()
+    metric, label = report["quality"]["metric"], report.get("metric_label", "top-1")
     sweep = sorted(report["sweep"], key=lambda point: point["comm_ratio"])
     fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
-    ax.plot([p["comm_ratio"] for p in sweep], [100 * p["top1"] for p in sweep], "o-",
+    ax.plot([p["comm_ratio"] for p in sweep], [100 * p[metric] for p in sweep], "o-",
             label="learned masks")
     quality = report["quality"]
     if quality["random_mask"] is not None:
@@ -52,9 +53,52 @@ def accuracy_vs_ratio(report: dict, path: Path) -> Path:
         ax.axhline(100 * quality["dense_split"], color="gray", linestyle="--",
                    label="dense split")
     ax.set_xlabel("comm ratio (channels sent / channels a node holds)")
-    ax.set_ylabel("test top-1 (%)")
+    ax.set_ylabel(f"test {label} (%)")
     ax.set_title(f"{report['model']} on {report['nodes']} nodes, {report['dataset']}")
     ax.legend()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def segmentation_examples(models: dict, test, task, path: Path, names, count: int = 4) -> Path:
+    """Test scenes, one per row: the input, the ground truth, and the
+    predictions of the dense split, DISCO and random masks (the variants
+    ``models`` has), coloured by class with a legend."""
+    import jax
+    import numpy as np
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    columns = [(key, title) for key, title in (("dense_split", "dense split"),
+                                                ("learned", "DISCO"), ("random", "random masks"))
+               if key in models]
+    images, truth = test.images[:count], test.labels[:count]
+    predicted = {}
+    for key, _ in columns:
+        model = models[key]
+        model.eval()
+        predicted[key] = np.asarray(task.predict(task.outputs(model(jax.numpy.asarray(images)))))
+        model.train()
+    colours = plt.get_cmap("tab20", 20)
+    palette = np.array([(0.0, 0.0, 0.0, 1.0)] + [colours(2 * i % 20 + i // 10)
+                                                 for i in range(len(names) - 1)])
+    fig, axes = plt.subplots(len(images), 2 + len(columns),
+                             figsize=(2.0 * (2 + len(columns)), 2.0 * len(images) + 0.8),
+                             squeeze=False, layout="constrained")
+    for row in range(len(images)):
+        panels = [("input", None), ("ground truth", truth[row])]
+        panels += [(title, predicted[key][row]) for key, title in columns]
+        for ax, (title, classes) in zip(axes[row], panels, strict=True):
+            if classes is None:
+                ax.imshow(images[row, ..., 0], cmap="gray")
+            else:
+                ax.imshow(palette[classes], interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=9)
+    fig.legend(handles=[Patch(color=palette[i], label=name) for i, name in enumerate(names)],
+               loc="outside lower center", ncol=6, fontsize=7)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -111,7 +111,8 @@ def format_seeds(report: dict) -> str:
     columns = list(dict.fromkeys(columns))
     width = max(len(name) for _, name in columns) + 2
     header = f"  {'seed':>6}" + "".join(f"{name:>{width}}" for _, name in columns)
-    rows = [f"over seeds {', '.join(map(str, report['seeds']))}: top-1 % on "
+    label = runs[0].get("metric_label", "top-1")
+    rows = [f"over seeds {', '.join(map(str, report['seeds']))}: {label} % on "
             f"{runs[0]['test_images']} test images", header]
     for run in runs:
         rows.append(f"  {run['seed']:>6}" + "".join(

@@ -31,6 +31,11 @@ _FASHION_FILES = {
 }
 
 
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+"""Fashion-MNIST's class names, by label."""
+
+
 class DataError(DiscoError):
     """A dataset that cannot be found, read or understood."""
 

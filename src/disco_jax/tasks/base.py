@@ -28,8 +28,12 @@ class Task:
 
     classes: int
 
+    name = "task"
+    """The task family's name (a report's ``task``)."""
     metric = "metric"
     """The primary metric's name (a key of :meth:`metrics`)."""
+    label = "metric"
+    """The primary metric as a table heads it."""
     higher_is_better = True
     output_rank = 2
     """Rank of the model's output (``[B, C]``; ``[B, H, W, C]`` per pixel)."""

@@ -15,7 +15,7 @@ from disco_jax.tasks.base import Task
 class Classification(Task):
     """Classification into ``classes`` classes; the metric is top-1 accuracy."""
 
-    metric = "top1"
+    name, metric, label = "classification", "top1", "top-1"
 
     def tally(self, outputs: jax.Array, targets: jax.Array) -> jax.Array:
         """``[correct, examples]``."""

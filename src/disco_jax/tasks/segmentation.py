@@ -22,7 +22,7 @@ class Segmentation(Task):
     targets or the predictions; ``pixel_accuracy`` the share of pixels right.
     """
 
-    metric = "miou"
+    name, metric, label = "segmentation", "miou", "mIoU"
     output_rank = 4
 
     def tally(self, outputs: jax.Array, targets: jax.Array) -> jax.Array:

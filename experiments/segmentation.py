@@ -1,0 +1,111 @@
+"""Semantic segmentation under DISCO: scenes of Fashion-MNIST garments.
+
+    python -m experiments.segmentation --mesh 2                 # default run
+    python -m experiments.segmentation --mesh 2 --seeds 0,1,2   # learned vs random over seeds
+    python -m experiments.segmentation --quick --mesh 2         # a few steps: smoke test
+
+The pipeline (dense model, the variants from it, the plan, the mesh, the
+report) is :mod:`experiments.pipeline`, the same as the main job's; this
+module is its network and task: :class:`disco_jax.models.Segmenter` (a
+ResNet backbone and a U-Net-style decoder, every layer that mixes channels a
+DISCO layer) on 64 x 64 scenes of 1 to 4 garments (:mod:`disco_jax.scenes`;
+training scenes from training garments, a fixed set of test scenes from test
+garments), per-pixel classes (background + the 10 garment classes), and the
+metric mIoU over the 11 classes from one confusion matrix over the test set
+(pixel accuracy too). By default DISCO sends reduced-rank directions, as in
+the main job. The figure ``OUT/examples.png`` shows test scenes: the input,
+the ground truth, and the dense split's, DISCO's and random masks'
+predictions.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from experiments import compare, pipeline
+from experiments.compare import BASES, DISTILL, RECIPE, REFIT_INPUTS, REFITS
+
+DIRECTIONS = dict(importance="weight_norm", **compare.DIRECTIONS, **DISTILL)
+"""DISCO sends reduced-rank directions, refitted, then fine-tuned (the main job's method)."""
+
+SCENES = dict(canvas=64, train_scenes=20000)
+"""64 px scenes; the training scenes (the test scenes are the first ``test_images``)."""
+
+PRESETS = {
+    # not yet timed on the 2-core CPU machine (issue 17)
+    "default": dict(**SCENES, stem="imagenet", width=32, decoder_width=32, pretrain_steps=600,
+                    prune_steps=0, finetune_steps=150, batch_size=32, test_images=2000,
+                    eval_images=500, **DIRECTIONS, **RECIPE),
+    "full": dict(**SCENES | {"train_scenes": 60000}, stem="imagenet", width=64,
+                 decoder_width=64, pretrain_steps=5000, prune_steps=0, finetune_steps=1000,
+                 batch_size=64, test_images=5000, eval_images=2000, **DIRECTIONS,
+                 **RECIPE | {"warmup_steps": 300}),
+    "quick": dict(**SCENES | {"train_scenes": 256}, stem="imagenet", width=8, decoder_width=8,
+                  pretrain_steps=5, prune_steps=0, finetune_steps=3, batch_size=8,
+                  test_images=64, eval_images=32, **DIRECTIONS | {"calibration_images": 32},
+                  **RECIPE),
+}
+
+DATASET = "fashion_scenes"
+
+
+def load_scenes(settings: dict):
+    """The run's scenes (:func:`disco_jax.scenes.load_dataset`): always the
+    same ones (scene seed 0), whatever the run's seed."""
+    from disco_jax import scenes
+    from disco_jax.errors import ConfigError
+
+    if settings["dataset"] != DATASET:
+        raise ConfigError(f"segmentation runs on --dataset {DATASET} (scenes of Fashion-MNIST "
+                          f"garments with a class per pixel), not {settings['dataset']!r}")
+    config = scenes.SceneConfig(canvas=settings["canvas"])
+    return scenes.load_dataset(settings["train_scenes"], settings["test_images"], config)
+
+
+def build_model(settings: dict, dataset):
+    """The (untrained) segmentation network of a run with ``settings``."""
+    from flax import nnx
+
+    from disco_jax.models import Segmenter
+
+    return Segmenter(settings["model"].removeprefix("unet_"), classes=dataset.classes,
+                     nodes=settings["nodes"], in_channels=dataset.image_shape[-1],
+                     stem=settings["stem"], width=settings["width"],
+                     decoder_width=settings["decoder_width"], zero_init_residual=True,
+                     rngs=nnx.Rngs(settings["seed"]))
+
+
+def segmentation_task(dataset):
+    from disco_jax.tasks import Segmentation
+
+    return Segmentation(dataset.classes)
+
+
+def draw_examples(models, test, task, path):
+    from disco_jax.data import FASHION_MNIST_CLASSES
+    from experiments import plots
+
+    return plots.segmentation_examples(models, test, task, path,
+                                       ("background", *FASHION_MNIST_CLASSES))
+
+
+NETWORK = pipeline.Network(
+    program="experiments.segmentation", models=("unet_resnet18", "unet_resnet50"),
+    presets=PRESETS, build=build_model, architecture=("stem", "width", "decoder_width"),
+    describe=lambda r: (f"{r['stem']} stem, width {r['width']}, decoder width "
+                        f"{r['decoder_width']}"),
+    targets=pipeline.Targets(comm_reduction=5.0, gap=1.5, flops=0.6, params=0.5,
+                             title="targets for this run"),
+    doc=__doc__, dataset_name=DATASET, load=load_scenes, task=segmentation_task,
+    picture=draw_examples,
+    choices={"stem": ("imagenet", "small"), "refit": REFITS, "basis": BASES,
+             "refit_inputs": REFIT_INPUTS},
+    helps={"dataset": f"{DATASET}: scenes of Fashion-MNIST garments (offline, generated)",
+           "train_scenes": "training scenes generated (from training garments only)",
+           "test_images": "test scenes (from test garments only; the same set every run)"},
+    recipe={"zero_init_residual": True})
+
+parse_args, main, verified = NETWORK.parse_args, NETWORK.main, pipeline.verified
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""`python -m experiments.segmentation`, end to end on its --quick settings."""
+
+import json
+
+import pytest
+
+from disco_jax.data import FASHION_MNIST_DIR
+from experiments import segmentation
+
+pytestmark = pytest.mark.skipif(
+    not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="apt-get install dataset-fashion-mnist (CI installs it)")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("segmentation")
+    code = segmentation.main(["--quick", "--mesh", "2", "--sweep", "0.2,1", "--out",
+                              str(folder / "run"), "--report", str(folder / "report.json")])
+    return code, json.loads((folder / "report.json").read_text()), folder
+
+
+@pytest.mark.slow
+def test_quick_segmentation_run_passes_its_checks_pixel_by_pixel(quick_run):
+    code, report, _ = quick_run
+    assert code == 0 and segmentation.verified(report)
+    assert report["task"] == "segmentation" and report["quality"]["metric"] == "miou"
+    dist = report["distributed"]
+    assert dist["positions"] == report["test_images"] * 64 * 64  # every pixel compared
+    assert dist["prediction_mismatches"] == dist["mismatches_that_are_ties"]
+    assert set(dist["metrics"]) == {"miou", "pixel_accuracy"}
+    assert report["quality"]["disco"] == dist["reference_miou"]
+    comm = report["comm_bytes_per_sample"]
+    assert comm["disco_hlo"] == comm["disco"] > 0
+    assert all(entry["exact"] for entry in report["bytes_plan_vs_budget"].values())
+
+
+@pytest.mark.slow
+def test_quick_segmentation_run_draws_its_figures(quick_run):
+    _, report, _ = quick_run
+    names = [path.rsplit("/", 1)[-1] for path in report["plots"]]
+    assert names == ["bytes_per_layer.png", "accuracy_vs_ratio.png", "examples.png"]
+    assert [point["comm_ratio"] for point in report["sweep"]] == [0.2, 1.0]
+    assert report["sweep"][1]["miou"] == report["quality"]["dense_split"]
+
+
+def test_a_classification_dataset_is_refused_and_nothing_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = segmentation.main(["--quick", "--dataset", "fashion_mnist", "--out", str(out)])
+    assert code == 2
+    assert "segmentation runs on --dataset fashion_scenes" in capsys.readouterr().err
+    assert not out.exists()
