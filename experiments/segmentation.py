@@ -46,7 +46,7 @@ PRESETS = {
                   **RECIPE),
 }
 
-DATASET = "fashion_scenes"
+DATASET = "fashion_scenes"  # disco_jax.data.SCENES (--help imports no jax)
 
 
 def load_scenes(settings: dict):

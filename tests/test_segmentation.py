@@ -44,6 +44,15 @@ def test_quick_segmentation_run_draws_its_figures(quick_run):
     assert report["sweep"][1]["miou"] == report["quality"]["dense_split"]
 
 
+def test_a_classifier_on_scenes_is_refused_and_nothing_is_written(tmp_path, capsys):
+    from experiments import resnet50
+
+    out = tmp_path / "run"
+    assert resnet50.main(["--quick", "--dataset", "fashion_scenes", "--out", str(out)]) == 2
+    assert "fashion_scenes has a class per pixel" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_a_classification_dataset_is_refused_and_nothing_is_written(tmp_path, capsys):
     out = tmp_path / "run"
     code = segmentation.main(["--quick", "--dataset", "fashion_mnist", "--out", str(out)])

@@ -31,6 +31,9 @@ _FASHION_FILES = {
 }
 
 
+SCENES = "fashion_scenes"
+"""The name of the segmentation scenes (:func:`disco_jax.scenes.load_dataset`)."""
+
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
 """Fashion-MNIST's class names, by label."""
@@ -187,6 +190,11 @@ def load(name: str = "fashion_mnist", *, image_size: int | None = None,
     Raises:
       DataError: unknown name, files missing (says how to install them), or damaged.
     """
+    if name == SCENES:
+        raise DataError(f"{SCENES} has a class per pixel, not per image: it is the "
+                        "segmentation task's data (python -m experiments.segmentation, "
+                        "disco_jax.scenes.load_dataset); a classifier needs a classification "
+                        "dataset such as fashion_mnist")
     if name == "fashion_mnist":
         raw, source = _fashion_mnist(fashion_mnist_dir(data_dir))
     else:

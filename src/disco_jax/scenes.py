@@ -225,7 +225,7 @@ def load_dataset(train_scenes: int = 20000, test_scenes: int = 2000,
     scenes depend only on ``(seed, index)``: the same fixed test set for every
     run of one seed, whatever the number of training scenes.
     """
-    from disco_jax.data import Dataset, Split
+    from disco_jax.data import SCENES, Dataset, Split
 
     config = config or SceneConfig()
     train = load("train", train_scenes, config, seed=seed, data_dir=data_dir)
@@ -233,7 +233,7 @@ def load_dataset(train_scenes: int = 20000, test_scenes: int = 2000,
     mean, std = float(train.images.mean()), float(train.images.std())
     splits = [Split(((made.images - mean) / std).astype(np.float32), made.class_maps)
               for made in (train, test)]
-    return Dataset("fashion_scenes", *splits, classes=train.classes + 1,
+    return Dataset(SCENES, *splits, classes=train.classes + 1,
                    source=f"scenes of {config.items[0]}-{config.items[1]} Fashion-MNIST "
                           f"garments on a {config.canvas} px canvas (disco_jax.scenes, "
                           f"seed {seed})")
