@@ -76,3 +76,34 @@ def test_a_plan_from_another_model_is_refused():
     plan = dj.compile_plan(TinyNet(2, 1, width=8))
     with pytest.raises(dj.PlanError, match=r"layer conv1: the model has a conv 3x3 16->16"):
         dj.DistributedModel(TinyNet(2, 1, width=16), dj.make_mesh(2), plan)
+
+
+class TwoHeads(nnx.Module):
+    """A dict of outputs: per-pixel scores (3 channels, padded to 4) and
+    per-image logits (6 channels)."""
+
+    def __init__(self, nodes):
+        rngs = nnx.Rngs(0)
+        self.stem = dj.DiscoConv(1, 8, 3, nodes=nodes, split_input=False, rngs=rngs)
+        self.pixels = dj.DiscoConv(8, 4, 1, nodes=nodes, rngs=rngs)
+        self.image = dj.DiscoDense(8, 6, nodes=nodes, rngs=rngs)
+        dj.set_random_masks(self, jax.random.key(3), 0.5)
+
+    def __call__(self, x):
+        y = nnx.relu(self.stem(x))
+        return {"pixels": self.pixels(y), "image": self.image(y.mean(axis=(1, 2)))}
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_a_model_with_several_outputs_runs_on_a_mesh_each_output_split_by_channel(nodes):
+    model = TwoHeads(nodes)
+    x = jax.random.normal(jax.random.key(4), (2, 8, 8, 1))
+    distributed = dj.DistributedModel(model, dj.make_mesh(nodes),
+                                      output_rank={"pixels": 4, "image": 2},
+                                      output_channels={"pixels": 3, "image": None})
+    out, reference = distributed(x), model(x)
+    assert out["pixels"].shape == (2, 8, 8, 3) and out["image"].shape == (2, 6)
+    assert relative_error(out["pixels"], reference["pixels"][..., :3]) <= 1e-4
+    assert relative_error(out["image"], reference["image"]) <= 1e-4
+    with pytest.raises(dj.ConfigError, match="output_rank must be a positive int"):
+        dj.DistributedModel(model, dj.make_mesh(nodes), output_rank={"pixels": 0})

@@ -144,10 +144,14 @@ class DistributedModel:
       mesh: a 1-D mesh over ``AXIS`` with ``plan.nodes`` devices.
       plan: the model's plan (default: compiled from ``model``).
       payload_dtype: dtype the exchanged channels travel in (default float32).
-      output_rank: rank of the model's output (2 for logits ``[B, classes]``);
-        outputs are split over nodes on their last axis.
-      output_channels: keep only the first this many output channels (a
-        classifier padded to a multiple of N; ``model.num_classes``).
+      output_rank: rank of the model's output (2 for logits ``[B, classes]``,
+        4 for per-pixel outputs), or, for a model that returns several
+        arrays (a dict, tuple or list), the same structure of ranks; every
+        output is split over nodes on its last axis.
+      output_channels: keep only the first this many channels of every
+        output (a classifier padded to a multiple of N;
+        ``model.num_classes``), or the outputs' structure of such counts
+        (None in it: keep all).
       split_input: False (default): the model's input is the network input,
         given to every node whole. True: it is an activation split over
         nodes by channel like any other (a block or a part of a network,
@@ -173,6 +177,10 @@ class DistributedModel:
         def body(state, x):
             return nnx.merge(self.graphdef, state)(x)
 
+        for rank in jax.tree.leaves(output_rank):
+            if not (isinstance(rank, int) and rank >= 1):
+                raise ConfigError(f"output_rank must be a positive int (or a structure of "
+                                  f"them, one per output), got {output_rank!r}")
         self.output_channels, self.split_input = output_channels, split_input
         self._body, self._output_rank, self._fns = body, output_rank, {}
 
@@ -181,7 +189,7 @@ class DistributedModel:
             x_spec = channel_spec(ndim) if self.split_input else PartitionSpec()
             self._fns[ndim] = jax.jit(jax.shard_map(
                 self._body, mesh=self.mesh, in_specs=(node_spec(), x_spec),
-                out_specs=channel_spec(self._output_rank)))
+                out_specs=jax.tree.map(channel_spec, self._output_rank)))
         return self._fns[ndim]
 
     def inputs(self, x: jax.Array) -> tuple:
@@ -197,10 +205,16 @@ class DistributedModel:
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.outputs(self._fn(np.ndim(x))(*self.inputs(x)))
 
-    def outputs(self, y: jax.Array) -> jax.Array:
-        """Drops the padding columns of a padded classifier (after the sharded
+    def outputs(self, y):
+        """Drops the padding channels of padded outputs (after the sharded
         program, so that slicing adds no collective to it)."""
-        return y if self.output_channels is None else y[..., :self.output_channels]
+        keep = self.output_channels
+        if keep is None:
+            return y
+        if isinstance(keep, int):
+            return jax.tree.map(lambda out: out[..., :keep], y)
+        return jax.tree.map(lambda count, out: out if count is None else out[..., :count],
+                            keep, y, is_leaf=lambda node: node is None)
 
     def compile(self, x: jax.Array) -> jax.stages.Compiled:
         """The XLA executable for inputs shaped like ``x``; run it as
