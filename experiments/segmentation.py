@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import sys
 
-from experiments import compare, pipeline
-from experiments.compare import BASES, DISTILL, RECIPE, REFIT_INPUTS, REFITS
-
-DIRECTIONS = dict(importance="weight_norm", **compare.DIRECTIONS, **DISTILL)
-"""DISCO sends reduced-rank directions, refitted, then fine-tuned (the main job's method)."""
+from experiments import pipeline
+from experiments.compare import BASES, RECIPE, REFIT_INPUTS, REFITS
+from experiments.resnet50 import DIRECTIONS  # the main job's method
 
 SCENES = dict(canvas=64, train_scenes=20000)
 """64 px scenes; the training scenes (the test scenes are the first ``test_images``)."""

@@ -75,9 +75,8 @@ def mesh_check(model, plan, mesh, split, task: Task | int, *, batch: int = 500,
     total = reference_total = 0
     positions = mismatches = ties = 0
     max_diff = max_ref = seconds = 0.0
-    for begin, (images, count) in zip(range(0, len(split), batch),
-                                      padded_batches(split.images, batch), strict=True):
-        targets = split.labels[begin:begin + count]
+    for index, (images, count) in enumerate(padded_batches(split.images, batch)):
+        targets = split.labels[index * batch:index * batch + count]
         started = time.time()
         outputs = distributed.outputs(compiled(*distributed.inputs(jnp.asarray(images))))
         outputs = np.asarray(outputs)[:count]
