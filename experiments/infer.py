@@ -4,14 +4,16 @@
     python -m disco_jax.launch --nodes 2 -- experiments.infer --run runs/resnet50-n2 \\
         --predictions processes.npz
 
-``--run`` is the ``--out`` folder of ``python -m experiments.resnet50`` (or
-``experiments.vit``): its ``settings.json`` rebuilds the network,
+``--run`` is the ``--out`` folder of a run of any pipeline experiment
+(``python -m experiments.resnet50``, ``experiments.vit``,
+``experiments.segmentation``): its ``settings.json`` rebuilds the network and its task,
 ``learned/finetune`` holds the DISCO checkpoint and ``plan/`` the frozen plan. The model runs as
 :class:`disco_jax.DistributedModel` (``jit(shard_map(...))``) over the first
 ``--images`` test images. In one process the mesh is N emulated devices; under
 :mod:`disco_jax.launch` it is one device per process and jax's runtime
-carries the planned channels between the processes. Node 0 prints the top-1
-and writes the logits (``--predictions``, .npz), so that two runs can be
+carries the planned channels between the processes. Node 0 prints the task's
+metrics (top-1; mIoU and pixel accuracy) and writes the outputs
+(``--predictions``, .npz: ``logits`` and ``labels``), so that two runs can be
 compared.
 """
 
@@ -31,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True,
                         help="the --out folder of a python -m experiments.resnet50 (or "
-                             "experiments.vit) run")
+                             "experiments.vit, experiments.segmentation) run")
     parser.add_argument("--variant", choices=VARIANTS, default="learned",
                         help="which trained variant (default learned = DISCO)")
     parser.add_argument("--images", type=int, default=10000, help="test images (default all)")
@@ -45,14 +47,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_run(run: Path, variant: str = "learned"):
-    """The trained ``variant`` of the run in folder ``run``, its plan and its dataset.
+    """The trained ``variant`` of the run in folder ``run``: ``(model, plan,
+    dataset, settings, task)``.
 
     Raises:
       ConfigError: ``run`` is not a finished run folder.
     """
     import disco_jax as dj
     from disco_jax.train import restore_model
-    from experiments.pipeline import open_run
+    from experiments.pipeline import network_of, open_run
 
     checkpoint = f"{variant}/finetune"
     settings, dataset, model = open_run(run, checkpoint, "finished run", "experiments.resnet50")
@@ -60,7 +63,7 @@ def load_run(run: Path, variant: str = "learned"):
     plan_dir = run / "plan"
     plan = (dj.load_plan(plan_dir, model) if variant == "learned" and plan_dir.is_dir()
             else dj.compile_plan(model))
-    return model, plan, dataset, settings
+    return model, plan, dataset, settings, network_of(settings["model"]).task_of(dataset)
 
 
 def main(argv=None) -> int:
@@ -80,9 +83,10 @@ def main(argv=None) -> int:
             raise dj.ConfigError(f"{args.run} was trained for {nodes} nodes, but this run has "
                                  f"{jax.process_count()} processes; launch it with --nodes "
                                  f"{nodes}")
-        model, plan, dataset, _ = load_run(args.run, args.variant)
+        model, plan, dataset, _, task = load_run(args.run, args.variant)
         mesh = dj.make_mesh(nodes)
-        distributed = dj.DistributedModel(model, mesh, plan, output_channels=dataset.classes)
+        distributed = dj.DistributedModel(model, mesh, plan, output_rank=task.output_rank,
+                                          output_channels=task.classes)
         test = dataset.test
         images, labels = test.images[:args.images], test.labels[:args.images]
         began = time.time()
@@ -92,11 +96,16 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if first:
-        top1 = float(np.mean(logits.argmax(-1) == labels))
+        metrics = task.metrics(sum(np.asarray(task.tally(logits[i:i + args.batch],
+                                                         labels[i:i + args.batch]))
+                                   for i in range(0, len(labels), args.batch)))
         where = (f"{nodes} processes" if jax.process_count() > 1
                  else f"a mesh of {nodes} emulated devices")
-        print(f"{args.variant} of {args.run} on {where}: top-1 {100 * top1:.2f} over "
-              f"{len(labels)} test images ({seconds:.1f} s with compilation)", flush=True)
+        others = "".join(f", {name.replace('_', ' ')} {100 * value:.2f}"
+                         for name, value in metrics.items() if name != task.metric)
+        print(f"{args.variant} of {args.run} on {where}: {task.label} "
+              f"{100 * metrics[task.metric]:.2f}{others} over {len(labels)} test images "
+              f"({seconds:.1f} s with compilation)", flush=True)
         if args.predictions:
             args.predictions.parent.mkdir(parents=True, exist_ok=True)
             partial = args.predictions.with_name(args.predictions.name + ".partial.npz")

@@ -59,3 +59,25 @@ def test_a_classification_dataset_is_refused_and_nothing_is_written(tmp_path, ca
     assert code == 2
     assert "segmentation runs on --dataset fashion_scenes" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_infer_runs_a_saved_segmentation_run_and_measures_its_task(quick_run, tmp_path, capsys):
+    """``experiments.infer`` on a segmentation run: per-pixel outputs on the
+    mesh, the task's metrics (not top-1), the same as the run measured."""
+    import numpy as np
+
+    from experiments import infer
+
+    _, report, folder = quick_run
+    capsys.readouterr()
+    out = tmp_path / "mesh.npz"
+    assert infer.main(["--run", str(folder / "run"), "--predictions", str(out)]) == 0
+    printed = capsys.readouterr().out
+    mesh = report["distributed"]["metrics"]
+    assert (f"mIoU {100 * mesh['miou']:.2f}, pixel accuracy "
+            f"{100 * mesh['pixel_accuracy']:.2f} over {report['test_images']} test images"
+            in printed)
+    saved = np.load(out)
+    assert saved["logits"].shape == (report["test_images"], 64, 64, 11)
+    assert saved["labels"].shape == (report["test_images"], 64, 64)

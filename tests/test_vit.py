@@ -85,7 +85,7 @@ def test_variants_set_at_once_and_refitted_are_saved_where_infer_loads_them(quic
     dense_layers = dj.layers.disco_layers(dense)
     # the random variant keeps the network's own channels: the refit changed the
     # weights of the channels a node reads, and only those
-    model, _, _, _ = infer.load_run(run, "random")  # random/finetune: saved at step 3
+    model, _, _, _, _ = infer.load_run(run, "random")  # random/finetune: saved at step 3
     refitted = 0
     for name, layer in dj.layers.disco_layers(model).items():
         if not layer.spec.split_input:
@@ -101,7 +101,7 @@ def test_variants_set_at_once_and_refitted_are_saved_where_infer_loads_them(quic
             refitted += not np.array_equal(kernel[rows, cols], before[rows, cols])
     assert refitted > 0
     # the learned variant, in the principal basis, with the plan the run saved
-    model, plan, _, _ = infer.load_run(run, "learned")
+    model, plan, _, _, _ = infer.load_run(run, "learned")
     for name, layer in dj.layers.disco_layers(model).items():
         if layer.spec.split_input:
             assert plan[name].k == int(np.asarray(layer.mask[...])[0, 1].sum())
