@@ -13,7 +13,8 @@
 :mod:`disco_jax.launch` it is one device per process and jax's runtime
 carries the planned channels between the processes. Node 0 prints the task's
 metrics (top-1; mIoU and pixel accuracy) and writes the outputs
-(``--predictions``, .npz: ``logits`` and ``labels``), so that two runs can be
+(``--predictions``, .npz: ``labels`` and ``logits``, or ``logits_NAME`` for each
+output of a network with several), so that two runs can be
 compared.
 """
 
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
         model, plan, dataset, _, task = load_run(args.run, args.variant)
         mesh = dj.make_mesh(nodes)
         distributed = dj.DistributedModel(model, mesh, plan, output_rank=task.output_rank,
-                                          output_channels=task.classes)
+                                          output_channels=task.output_channels)
         test = dataset.test
         images, labels = test.images[:args.images], test.labels[:args.images]
         began = time.time()
@@ -96,9 +97,12 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if first:
-        metrics = task.metrics(sum(np.asarray(task.tally(logits[i:i + args.batch],
-                                                         labels[i:i + args.batch]))
-                                   for i in range(0, len(labels), args.batch)))
+        total = None
+        for begin in range(0, len(labels), args.batch):
+            part = task.tally(jax.tree.map(lambda x, b=begin: x[b:b + args.batch], logits),
+                              labels[begin:begin + args.batch])
+            total = task.combine(total, jax.tree.map(np.asarray, part))
+        metrics = task.metrics(total)
         where = (f"{nodes} processes" if jax.process_count() > 1
                  else f"a mesh of {nodes} emulated devices")
         others = "".join(f", {name.replace('_', ' ')} {100 * value:.2f}"
@@ -109,7 +113,9 @@ def main(argv=None) -> int:
         if args.predictions:
             args.predictions.parent.mkdir(parents=True, exist_ok=True)
             partial = args.predictions.with_name(args.predictions.name + ".partial.npz")
-            np.savez(partial, logits=logits, labels=labels)
+            outputs = ({"logits": logits} if not isinstance(logits, dict)
+                       else {f"logits_{name}": value for name, value in logits.items()})
+            np.savez(partial, labels=labels, **outputs)
             partial.replace(args.predictions)
             print(f"logits written to {args.predictions}", flush=True)
     return 0

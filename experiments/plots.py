@@ -102,3 +102,55 @@ def segmentation_examples(models: dict, test, task, path: Path, names, count: in
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def detection_examples(models: dict, test, task, path: Path, names, count: int = 4,
+                       min_score: float = 0.3) -> Path:
+    """Test scenes, one per row: the ground-truth boxes, and the detections
+    (score at least ``min_score``) of the dense split, DISCO and random masks
+    (the variants ``models`` has), each box drawn in its class's colour with
+    the class name (and the score)."""
+    import jax
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    plt = _pyplot()
+    columns = [(key, title) for key, title in (("dense_split", "dense split"),
+                                                ("learned", "DISCO"), ("random", "random masks"))
+               if key in models]
+    images, truth = test.images[:count], np.asarray(test.labels[:count])
+    found = {}
+    for key, _ in columns:
+        model = models[key]
+        model.eval()
+        found[key] = [np.asarray(x) for x in
+                      task.predict(task.outputs(model(jax.numpy.asarray(images))))]
+        model.train()
+    colours = plt.get_cmap("tab10", 10)
+    fig, axes = plt.subplots(len(images), 1 + len(columns),
+                             figsize=(2.6 * (1 + len(columns)), 2.6 * len(images)),
+                             squeeze=False, layout="constrained")
+    for row in range(len(images)):
+        rows = truth[row][truth[row][:, 4] >= 0]
+        panels = [("ground truth", rows[:, :4], rows[:, 4].astype(int), None)]
+        for key, title in columns:
+            boxes, scores, classes = (x[row] for x in found[key])
+            keep = scores >= min_score
+            panels.append((title, boxes[keep], classes[keep], scores[keep]))
+        for ax, (title, boxes, classes, scores) in zip(axes[row], panels, strict=True):
+            ax.imshow(images[row, ..., 0], cmap="gray")
+            for index, ((x0, y0, x1, y1), cls) in enumerate(zip(boxes, classes, strict=True)):
+                colour = colours(int(cls) % 10)
+                ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                       edgecolor=colour, linewidth=1.2))
+                text = names[cls] if scores is None else f"{names[cls]} {scores[index]:.2f}"
+                ax.text(x0 - 0.5, y0 - 1.5, text, color="white", fontsize=5.5,
+                        bbox={"facecolor": colour, "edgecolor": "none", "pad": 0.8})
+            ax.set_xlim(-0.5, images.shape[2] - 0.5), ax.set_ylim(images.shape[1] - 0.5, -0.5)
+            ax.set_xticks([]), ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title if scores is None else f"{title} (score >= {min_score:g})",
+                             fontsize=9)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

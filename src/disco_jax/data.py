@@ -32,7 +32,7 @@ _FASHION_FILES = {
 
 
 SCENES = "fashion_scenes"
-"""The name of the segmentation scenes (:func:`disco_jax.scenes.load_dataset`)."""
+"""The name of the scenes of segmentation and detection (:func:`disco_jax.scenes.load_dataset`)."""
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -192,7 +192,8 @@ def load(name: str = "fashion_mnist", *, image_size: int | None = None,
     """
     if name == SCENES:
         raise DataError(f"{SCENES} has a class per pixel, not per image: it is the "
-                        "segmentation task's data (python -m experiments.segmentation, "
+                        "data of segmentation and detection (python -m "
+                        "experiments.segmentation, experiments.detection; "
                         "disco_jax.scenes.load_dataset); a classifier needs a classification "
                         "dataset such as fashion_mnist")
     if name == "fashion_mnist":

@@ -34,16 +34,25 @@ def padded_batches(images: np.ndarray, batch: int) -> Iterator[tuple[np.ndarray,
 def mesh_outputs(distributed, images: np.ndarray, batch: int) -> np.ndarray:
     """The outputs of ``distributed`` (a :class:`~disco_jax.DistributedModel`)
     on ``images``, gathered on the host (every process, with one process per
-    node), in batches of ``batch`` (one compiled program)."""
+    node), in batches of ``batch`` (one compiled program); for a model with
+    several outputs, their structure of arrays."""
+    import jax
     import jax.numpy as jnp
 
     from disco_jax.mesh import fetch
 
     batch = min(batch, len(images))
     compiled = distributed.compile(jnp.zeros((batch, *images.shape[1:]), images.dtype))
-    outputs = [fetch(distributed.outputs(compiled(*distributed.inputs(chunk))))[:count]
+    outputs = [jax.tree.map(lambda x, n=count: fetch(x)[:n],
+                            distributed.outputs(compiled(*distributed.inputs(chunk))))
                for chunk, count in padded_batches(images, batch)]
-    return np.concatenate(outputs)
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+
+
+def _host(tree):
+    import jax
+
+    return jax.tree.map(np.asarray, tree)
 
 
 def mesh_check(model, plan, mesh, split, task: Task | int, *, batch: int = 500,
@@ -60,6 +69,7 @@ def mesh_check(model, plan, mesh, split, task: Task | int, *, batch: int = 500,
       ``hlo_flops_per_sample`` and ``other_collectives`` of the compiled
       program.
     """
+    import jax
     import jax.numpy as jnp
     from flax import nnx
 
@@ -68,26 +78,29 @@ def mesh_check(model, plan, mesh, split, task: Task | int, *, batch: int = 500,
     task = as_task(task)
     batch = min(batch, len(split))
     distributed = dj.DistributedModel(model, mesh, plan, output_rank=task.output_rank,
-                                      output_channels=task.classes)
+                                      output_channels=task.output_channels)
     model.eval()
     reference_fn = nnx.jit(lambda m, x: task.outputs(m(x)))
     compiled = distributed.compile(jnp.asarray(split.images[:batch]))
-    total = reference_total = 0
+    total = reference_total = None
     positions = mismatches = ties = 0
     max_diff = max_ref = seconds = 0.0
     for index, (images, count) in enumerate(padded_batches(split.images, batch)):
         targets = split.labels[index * batch:index * batch + count]
         started = time.time()
         outputs = distributed.outputs(compiled(*distributed.inputs(jnp.asarray(images))))
-        outputs = np.asarray(outputs)[:count]
+        outputs = jax.tree.map(lambda x, n=count: np.asarray(x)[:n], outputs)
         seconds += time.time() - started
-        total = total + np.asarray(task.tally(outputs, targets))
+        total = task.combine(total, _host(task.tally(outputs, targets)))
         if not reference:
             continue
-        ref = np.asarray(reference_fn(model, jnp.asarray(images)))[:count]
-        reference_total = reference_total + np.asarray(task.tally(ref, targets))
-        max_diff = max(max_diff, float(np.max(np.abs(outputs - ref))))
-        max_ref = max(max_ref, float(np.max(np.abs(ref))))
+        ref = jax.tree.map(lambda x, n=count: np.asarray(x)[:n],
+                           reference_fn(model, jnp.asarray(images)))
+        reference_total = task.combine(reference_total, _host(task.tally(ref, targets)))
+        max_diff = max(max_diff, *(float(np.max(np.abs(a - b))) for a, b
+                                   in zip(jax.tree.leaves(outputs), jax.tree.leaves(ref),
+                                          strict=True)))
+        max_ref = max(max_ref, *(float(np.max(np.abs(r))) for r in jax.tree.leaves(ref)))
         counts = task.agreement(outputs, ref, 1e-4 * max(max_ref, 1.0))
         positions, mismatches, ties = (a + b for a, b in
                                        zip((positions, mismatches, ties), counts, strict=True))

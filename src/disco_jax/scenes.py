@@ -218,22 +218,37 @@ def load(split: str, count: int, config: SceneConfig | None = None, *, seed: int
 
 def load_dataset(train_scenes: int = 20000, test_scenes: int = 2000,
                  config: SceneConfig | None = None, *, seed: int = 0,
-                 data_dir: str | os.PathLike | None = None):
-    """The scenes as a segmentation :class:`~disco_jax.data.Dataset`: images
-    standardised with the training scenes' mean and std, class maps as the
-    targets, ``classes`` = garment classes + 1 (background). The test
+                 data_dir: str | os.PathLike | None = None, labels: str = "class_maps"):
+    """The scenes as a :class:`~disco_jax.data.Dataset`: images standardised
+    with the training scenes' mean and std, and as targets either
+    (``labels="class_maps"``, segmentation) the class maps, ``classes`` =
+    garment classes + 1 (background), or (``labels="boxes"``, detection)
+    ``f32[N, K, 5]`` rows ``(x0, y0, x1, y1, class)`` of the visible garments,
+    class -1 past a scene's garments, ``classes`` = garment classes. The test
     scenes depend only on ``(seed, index)``: the same fixed test set for every
     run of one seed, whatever the number of training scenes.
+
+    Raises:
+      ConfigError: ``labels`` is neither.
     """
     from disco_jax.data import SCENES, Dataset, Split
 
+    if labels not in ("class_maps", "boxes"):
+        raise ConfigError(f"scene labels must be 'class_maps' (segmentation) or 'boxes' "
+                          f"(detection), got {labels!r}")
     config = config or SceneConfig()
     train = load("train", train_scenes, config, seed=seed, data_dir=data_dir)
     test = load("test", test_scenes, config, seed=seed, data_dir=data_dir)
     mean, std = float(train.images.mean()), float(train.images.std())
-    splits = [Split(((made.images - mean) / std).astype(np.float32), made.class_maps)
+
+    def targets(made: Scenes) -> np.ndarray:
+        if labels == "class_maps":
+            return made.class_maps
+        return np.concatenate([made.boxes, made.box_classes[..., None].astype(np.float32)], -1)
+
+    splits = [Split(((made.images - mean) / std).astype(np.float32), targets(made))
               for made in (train, test)]
-    return Dataset(SCENES, *splits, classes=train.classes + 1,
+    return Dataset(SCENES, *splits, classes=train.classes + (labels == "class_maps"),
                    source=f"scenes of {config.items[0]}-{config.items[1]} Fashion-MNIST "
                           f"garments on a {config.canvas} px canvas (disco_jax.scenes, "
-                          f"seed {seed})")
+                          f"seed {seed}), {labels.replace('_', ' ')}")

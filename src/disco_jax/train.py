@@ -173,13 +173,14 @@ def _tally(model, images, targets, task):
 def evaluate_metrics(model: nnx.Module, split: Split, task: Task | int, *,
                      batch_size: int = 500) -> dict[str, float]:
     """Every metric of ``task`` for ``model`` (running BatchNorm statistics)
-    on ``split``, from the sum of the batches' tallies."""
+    on ``split``, from the batches' tallies (:meth:`~disco_jax.tasks.Task.combine`)."""
     task = as_task(task)
     model.eval()
-    total = 0
+    total = None
     for begin in range(0, len(split), batch_size):
-        total = total + np.asarray(_tally(model, split.images[begin:begin + batch_size],
-                                          split.labels[begin:begin + batch_size], task))
+        part = _tally(model, split.images[begin:begin + batch_size],
+                      split.labels[begin:begin + batch_size], task)
+        total = task.combine(total, jax.tree.map(np.asarray, part))
     model.train()
     return task.metrics(total)
 

@@ -1,5 +1,6 @@
 """Networks built from DISCO layers, one family per module."""
 
+from disco_jax.models.detector import Detector as Detector
 from disco_jax.models.resnet import (
     NETWORKS as NETWORKS,
     BasicBlock as BasicBlock,

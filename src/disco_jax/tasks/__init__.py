@@ -10,6 +10,8 @@ which one it is; a new family is one module here.
 - :class:`Classification`: logits ``[B, C_padded]``, top-1.
 - :class:`Segmentation`: per-pixel logits ``[B, H, W, C_padded]``, mIoU over
   the classes from one dataset-level confusion matrix, and pixel accuracy.
+- :class:`Detection`: CenterNet outputs (a centre heatmap per class, box size
+  and offset), decoded to boxes; COCO AP and AP50 from pycocotools.
 
 Where a function takes a task, an ``int`` still means
 ``Classification(classes)``.
@@ -17,6 +19,7 @@ Where a function takes a task, an ``int`` still means
 
 from disco_jax.tasks.base import Task, as_task
 from disco_jax.tasks.classification import Classification
+from disco_jax.tasks.detection import Detection
 from disco_jax.tasks.segmentation import Segmentation
 
-__all__ = ["Classification", "Segmentation", "Task", "as_task"]
+__all__ = ["Classification", "Detection", "Segmentation", "Task", "as_task"]

@@ -36,15 +36,22 @@ class Task:
     """The primary metric as a table heads it."""
     higher_is_better = True
     output_rank = 2
-    """Rank of the model's output (``[B, C]``; ``[B, H, W, C]`` per pixel)."""
+    """Rank of the model's output (``[B, C]``; ``[B, H, W, C]`` per pixel), or
+    for a model with several outputs (a dict) the same structure of ranks."""
 
     def __post_init__(self):
         if not (isinstance(self.classes, int | np.integer) and self.classes >= 1):
             raise ConfigError(f"{type(self).__name__} needs classes >= 1, got {self.classes!r}")
 
-    def outputs(self, raw: jax.Array) -> jax.Array:
-        """The model's output without the padding channels (last axis)."""
-        return raw[..., :self.classes]
+    @property
+    def output_channels(self):
+        """The output channels that carry the task's values (the rest, up to a
+        multiple of N, is padding): an int, or the outputs' structure of them."""
+        return self.classes
+
+    def outputs(self, raw):
+        """The model's output without the padding channels (last axis of every output)."""
+        return jax.tree.map(lambda x, keep: x[..., :keep], raw, self.output_channels)
 
     def loss(self, outputs: jax.Array, targets: jax.Array) -> jax.Array:
         """The mean training loss of a batch: cross-entropy over the last axis,
@@ -78,12 +85,24 @@ class Task:
         return differ.size, int(differ.sum()), int(ties.sum())
 
     def tally(self, outputs: jax.Array, targets: jax.Array) -> jax.Array:
-        """What a batch adds to the metrics: an array that sums over batches."""
+        """What a batch adds to the metrics: an array that sums over batches
+        (or, with :meth:`combine` overridden, whatever that combines)."""
         raise NotImplementedError
 
-    def metrics(self, total: np.ndarray) -> dict[str, float]:
-        """The metrics from the sum of every batch's :meth:`tally`."""
+    def combine(self, total, part):
+        """The tally of the batches so far (``total``, None before the first)
+        and one more batch's: their sum."""
+        part = np.asarray(part)
+        return part if total is None else total + part
+
+    def metrics(self, total) -> dict[str, float]:
+        """The metrics from every batch's :meth:`tally`, combined (:meth:`combine`)."""
         raise NotImplementedError
+
+    def check(self, split) -> None:
+        """Raises :class:`~disco_jax.errors.DataError`, naming the example and
+        the value, when ``split``'s targets do not fit this task (a class past
+        the head, say). The default checks nothing."""
 
 
 def as_task(task: Task | int) -> Task:
