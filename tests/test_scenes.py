@@ -95,6 +95,14 @@ def test_training_scenes_use_training_garments_and_test_scenes_test_garments(tmp
     assert abs(dataset.train.images.mean()) < 1e-4 and abs(dataset.train.images.std() - 1) < 1e-3
     fewer = scenes.load_dataset(8, 4, data_dir=tmp_path)  # the same test scenes
     np.testing.assert_array_equal(fewer.test.labels, dataset.test.labels)
+    boxes = scenes.load_dataset(16, 4, data_dir=tmp_path, labels="boxes")  # for detection
+    assert boxes.classes == 10 and boxes.test.labels.shape == (4, 4, 5)
+    made = scenes.load("test", 4, data_dir=tmp_path)
+    np.testing.assert_array_equal(boxes.test.labels[..., :4], made.boxes)
+    np.testing.assert_array_equal(boxes.test.labels[..., 4], made.box_classes)
+    np.testing.assert_array_equal(boxes.test.images, dataset.test.images)
+    with pytest.raises(ConfigError, match="labels must be 'class_maps'.*or 'boxes'.*'masks'"):
+        scenes.load_dataset(16, 4, data_dir=tmp_path, labels="masks")
 
 
 @pytest.mark.parametrize("changes, message", [
