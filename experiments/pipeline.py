@@ -535,9 +535,12 @@ def format_report(report: dict, network: Network) -> str:
         "the whole run",
         *_masks_line(recipe, steps),
         *_distill_line(recipe),
-        f"  {_label(report) + ' %':22} {'test (' + str(report['test_images']) + ')':>12} "
-        f"{'at budget (' + str(at_budget['images']) + ')':>18}",
     ]
+    every = report.get("metrics", {})
+    others = [name for name in every.get("disco", {}) if name != metric]  # the task's others
+    rows.append(f"  {_label(report) + ' %':22} {'test (' + str(report['test_images']) + ')':>12} "
+                f"{'at budget (' + str(at_budget['images']) + ')':>18}"
+                + "".join(f" {name.replace('_', ' ') + ' %, test':>22}" for name in others))
     for key, name in (("single", "single device"), ("dense_split", "dense split"),
                       ("disco", "DISCO (learned)"), ("random_mask", "random masks"),
                       ("random_directions", "random directions"),
@@ -545,7 +548,9 @@ def format_report(report: dict, network: Network) -> str:
         if key not in quality:
             continue
         budget = "" if key == "single" else pct(at_budget[key])
-        rows.append(f"  {name:22} {pct(quality[key]):>12} {budget:>18}")
+        values = every.get("dense_split" if key == "single" else key, {})
+        rows.append(f"  {name:22} {pct(quality[key]):>12} {budget:>18}"
+                    + "".join(f" {pct(values.get(other)):>22}" for other in others))
     reduction = report["comm_reduction"]
     rows += [
         f"  communication per image   dense split {comm['dense_split']:>13,} B   DISCO "
