@@ -31,10 +31,16 @@ SCENES = dict(canvas=96, most_items=6, train_scenes=20000)
 """96 px scenes of 1 to ``most_items`` garments; the training scenes (the
 test scenes are the first ``test_images``)."""
 
+CALIBRATION = {"calibration_images": 512}
+"""The refit's images: 512 scenes of 24 x 24 output cells already give ~295,000
+rows per least-squares problem. With the main job's 2,048 the first default
+run (2026-12-06, sharing the 2 cores with three other runs) spent ~20 minutes
+in one variant's refit, held 8.5 GB and was killed for memory."""
+
 PRESETS = {
     "default": dict(**SCENES, stem="imagenet", width=32, decoder_width=32, pretrain_steps=600,
                     prune_steps=0, finetune_steps=150, batch_size=32, test_images=2000,
-                    eval_images=500, **DIRECTIONS, **RECIPE),
+                    eval_images=500, **DIRECTIONS | CALIBRATION, **RECIPE),
     "full": dict(**SCENES | {"train_scenes": 60000}, stem="imagenet", width=64,
                  decoder_width=64, pretrain_steps=5000, prune_steps=0, finetune_steps=1000,
                  batch_size=64, test_images=5000, eval_images=2000, **DIRECTIONS,
