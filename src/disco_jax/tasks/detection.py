@@ -163,9 +163,9 @@ class Detection(Task):
 
     # decoding and metrics -----------------------------------------------------
 
-    def predict(self, outputs):
-        """``(boxes f32[B, K, 4] (x0, y0, x1, y1) in input pixels, scores
-        f32[B, K], classes int32[B, K])``, best first, K = ``top_k``."""
+    def _peaks(self, outputs):
+        """The ``top_k`` best peaks: ``(scores, classes, cells y * width + x,
+        boxes)``, best first."""
         heat = jax.nn.sigmoid(outputs["heatmap"])
         batch, height, width, classes = heat.shape
         peaks = jax.lax.reduce_window(heat, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1),
@@ -179,7 +179,13 @@ class Detection(Task):
         w, h = jnp.maximum(box[..., 0], 0.0), jnp.maximum(box[..., 1], 0.0)
         cx, cy = x.astype(box.dtype) + box[..., 2], y.astype(box.dtype) + box[..., 3]
         boxes = self.stride * jnp.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
-        return boxes, scores, cls.astype(jnp.int32)
+        return scores, cls.astype(jnp.int32), cell, boxes
+
+    def predict(self, outputs):
+        """``(boxes f32[B, K, 4] (x0, y0, x1, y1) in input pixels, scores
+        f32[B, K], classes int32[B, K])``, best first, K = ``top_k``."""
+        scores, classes, _, boxes = self._peaks(outputs)
+        return boxes, scores, classes
 
     def tally(self, outputs, targets):
         """The batch's detections and targets, kept: ``(boxes, scores,
@@ -234,30 +240,22 @@ class Detection(Task):
 
     def agreement(self, outputs, reference, tolerance: float) -> tuple[int, int, int]:
         """The mesh's detections against the reference's, rank by rank over
-        ``top_k`` per image: a detection differs when its class, its box (by
-        more than ``2 * stride * tolerance`` pixels, what an output error of
-        ``tolerance`` can move it) or its score (by more than ``tolerance``)
-        does; it is a float tie when it equals the reference's detection at
-        the rank next to it (two scores within rounding, swapped)."""
-        mine = [np.asarray(x) for x in self.predict(outputs)]
-        ref = [np.asarray(x) for x in self.predict(reference)]
-        box_tolerance = 2 * self.stride * tolerance
-
-        def same(shift: int) -> np.ndarray:
-            """Mine at rank r equals the reference's at rank r + shift."""
-            k = mine[1].shape[1]
-            result = np.zeros(mine[1].shape, bool)
-            lo, hi = max(0, -shift), k - max(0, shift)
-            if lo >= hi:
-                return result
-            a, b = slice(lo, hi), slice(lo + shift, hi + shift)
-            result[:, a] = ((mine[2][:, a] == ref[2][:, b])
-                            & (np.abs(mine[0][:, a] - ref[0][:, b]).max(-1) <= box_tolerance)
-                            & (np.abs(mine[1][:, a] - ref[1][:, b]) <= tolerance))
-            return result
-
-        differ = ~same(0)
-        ties = differ & (same(1) | same(-1))
+        ``top_k`` per image: a detection differs when its class, its cell, its
+        box (by more than ``2 * stride * tolerance`` pixels, what an output
+        error of ``tolerance`` can move it) or its score (by more than
+        ``tolerance``) does. It is a float tie when it is another detection
+        (another class or cell) whose score equals the reference's at that
+        rank within ``tolerance``: two candidates that score the same up to
+        rounding, taken in the other order, or a peak that a neighbouring
+        cell equals up to rounding. The same detection with another box or
+        score is never a tie."""
+        mine = [np.asarray(x) for x in self._peaks(outputs)]
+        ref = [np.asarray(x) for x in self._peaks(reference)]
+        other = (mine[1] != ref[1]) | (mine[2] != ref[2])
+        score_gap = np.abs(mine[0] - ref[0])
+        differ = (other | (np.abs(mine[3] - ref[3]).max(-1) > 2 * self.stride * tolerance)
+                  | (score_gap > tolerance))
+        ties = differ & other & (score_gap <= tolerance)
         return differ.size, int(differ.sum()), int(ties.sum())
 
     def check(self, split) -> None:
