@@ -24,8 +24,9 @@ from __future__ import annotations
 import sys
 
 from experiments import pipeline
-from experiments.compare import BASES, RECIPE, REFIT_INPUTS, REFITS
+from experiments.compare import RECIPE
 from experiments.resnet50 import DIRECTIONS  # the main job's method
+from experiments.segmentation import DATASET, ON_SCENES  # the same scenes' options
 
 SCENES = dict(canvas=96, most_items=6, train_scenes=20000)
 """96 px scenes of 1 to ``most_items`` garments; the training scenes (the
@@ -50,9 +51,6 @@ PRESETS = {
                   test_images=64, eval_images=32, **DIRECTIONS | {"calibration_images": 32},
                   **RECIPE),
 }
-
-DATASET = "fashion_scenes"  # disco_jax.data.SCENES (--help imports no jax)
-
 
 def load_scenes(settings: dict):
     """The run's scenes with their boxes (:func:`disco_jax.scenes.load_dataset`):
@@ -96,20 +94,12 @@ def draw_examples(models, test, task, path):
 
 NETWORK = pipeline.Network(
     program="experiments.detection", models=("centernet_resnet18", "centernet_resnet50"),
-    presets=PRESETS, build=build_model, architecture=("stem", "width", "decoder_width"),
-    describe=lambda r: (f"{r['stem']} stem, width {r['width']}, decoder width "
-                        f"{r['decoder_width']}"),
+    presets=PRESETS, build=build_model, doc=__doc__, load=load_scenes, task=detection_task,
+    picture=draw_examples,
     targets=pipeline.Targets(comm_reduction=5.0, gap=2.0, flops=0.6, params=0.5,
                              title="targets for this run"),
-    doc=__doc__, dataset_name=DATASET, load=load_scenes, task=detection_task,
-    picture=draw_examples,
-    choices={"stem": ("imagenet", "small"), "refit": REFITS, "basis": BASES,
-             "refit_inputs": REFIT_INPUTS},
-    helps={"dataset": f"{DATASET}: scenes of Fashion-MNIST garments (offline, generated)",
-           "most_items": "most garments per scene (each scene has 1 to this many)",
-           "train_scenes": "training scenes generated (from training garments only)",
-           "test_images": "test scenes (from test garments only; the same set every run)"},
-    recipe={"zero_init_residual": True})
+    **ON_SCENES | {"helps": ON_SCENES["helps"] | {
+        "most_items": "most garments per scene (each scene has 1 to this many)"}})
 
 parse_args, main, verified = NETWORK.parse_args, NETWORK.main, pipeline.verified
 

@@ -87,21 +87,27 @@ def draw_examples(models, test, task, path):
                                        ("background", *FASHION_MNIST_CLASSES))
 
 
-NETWORK = pipeline.Network(
-    program="experiments.segmentation", models=("unet_resnet18", "unet_resnet50"),
-    presets=PRESETS, build=build_model, architecture=("stem", "width", "decoder_width"),
+ON_SCENES = dict(
+    architecture=("stem", "width", "decoder_width"),
     describe=lambda r: (f"{r['stem']} stem, width {r['width']}, decoder width "
                         f"{r['decoder_width']}"),
-    targets=pipeline.Targets(comm_reduction=5.0, gap=1.5, flops=0.6, params=0.5,
-                             title="targets for this run"),
-    doc=__doc__, dataset_name=DATASET, load=load_scenes, task=segmentation_task,
-    picture=draw_examples,
+    dataset_name=DATASET,
     choices={"stem": ("imagenet", "small"), "refit": REFITS, "basis": BASES,
              "refit_inputs": REFIT_INPUTS},
     helps={"dataset": f"{DATASET}: scenes of Fashion-MNIST garments (offline, generated)",
            "train_scenes": "training scenes generated (from training garments only)",
            "test_images": "test scenes (from test garments only; the same set every run)"},
     recipe={"zero_init_residual": True})
+"""What the networks on the scenes share (``pipeline.Network`` fields): a
+backbone + decoder described by its stem and widths, the scenes' options."""
+
+NETWORK = pipeline.Network(
+    program="experiments.segmentation", models=("unet_resnet18", "unet_resnet50"),
+    presets=PRESETS, build=build_model, doc=__doc__, load=load_scenes,
+    task=segmentation_task, picture=draw_examples,
+    targets=pipeline.Targets(comm_reduction=5.0, gap=1.5, flops=0.6, params=0.5,
+                             title="targets for this run"),
+    **ON_SCENES)
 
 parse_args, main, verified = NETWORK.parse_args, NETWORK.main, pipeline.verified
 
