@@ -6,13 +6,14 @@
 
 ``--run`` is the ``--out`` folder of a run of any pipeline experiment
 (``python -m experiments.resnet50``, ``experiments.vit``,
-``experiments.segmentation``): its ``settings.json`` rebuilds the network and its task,
+``experiments.segmentation``, ``experiments.detection``): its ``settings.json``
+rebuilds the network and its task,
 ``learned/finetune`` holds the DISCO checkpoint and ``plan/`` the frozen plan. The model runs as
 :class:`disco_jax.DistributedModel` (``jit(shard_map(...))``) over the first
 ``--images`` test images. In one process the mesh is N emulated devices; under
 :mod:`disco_jax.launch` it is one device per process and jax's runtime
 carries the planned channels between the processes. Node 0 prints the task's
-metrics (top-1; mIoU and pixel accuracy) and writes the outputs
+metrics (top-1; mIoU and pixel accuracy; AP50 and AP) and writes the outputs
 (``--predictions``, .npz: ``labels`` and ``logits``, or ``logits_NAME`` for each
 output of a network with several), so that two runs can be
 compared.
@@ -34,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True,
                         help="the --out folder of a python -m experiments.resnet50 (or "
-                             "experiments.vit, experiments.segmentation) run")
+                             "experiments.vit, .segmentation, .detection) run")
     parser.add_argument("--variant", choices=VARIANTS, default="learned",
                         help="which trained variant (default learned = DISCO)")
     parser.add_argument("--images", type=int, default=10000, help="test images (default all)")
