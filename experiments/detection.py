@@ -26,7 +26,11 @@ import sys
 from experiments import pipeline
 from experiments.compare import RECIPE
 from experiments.resnet50 import DIRECTIONS  # the main job's method
-from experiments.segmentation import DATASET, ON_SCENES  # the same scenes' options
+from experiments.segmentation import (  # the same scenes' options and networks
+    DATASET,
+    ON_SCENES,
+    scene_builder,
+)
 
 SCENES = dict(canvas=96, most_items=6, train_scenes=20000)
 """96 px scenes of 1 to ``most_items`` garments; the training scenes (the
@@ -66,17 +70,8 @@ def load_scenes(settings: dict):
                                labels="boxes")
 
 
-def build_model(settings: dict, dataset):
-    """The (untrained) detector of a run with ``settings``."""
-    from flax import nnx
-
-    from disco_jax.models import Detector
-
-    return Detector(settings["model"].removeprefix("centernet_"), classes=dataset.classes,
-                    nodes=settings["nodes"], in_channels=dataset.image_shape[-1],
-                    stem=settings["stem"], width=settings["width"],
-                    decoder_width=settings["decoder_width"], zero_init_residual=True,
-                    rngs=nnx.Rngs(settings["seed"]))
+build_model = scene_builder("Detector", "centernet_")
+"""The (untrained) detector of a run with ``settings``."""
 
 
 def detection_task(dataset):

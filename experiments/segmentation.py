@@ -60,17 +60,28 @@ def load_scenes(settings: dict):
     return scenes.load_dataset(settings["train_scenes"], settings["test_images"], config)
 
 
-def build_model(settings: dict, dataset):
-    """The (untrained) segmentation network of a run with ``settings``."""
-    from flax import nnx
+def scene_builder(network: str, prefix: str):
+    """``(settings, dataset) -> model``: the untrained ``disco_jax.models``
+    network named ``network`` (a backbone + decoder: ``Segmenter``,
+    ``Detector``) of a run on the scenes, its backbone the model name after
+    ``prefix`` (named, not imported: ``--help`` imports no jax)."""
+    def build(settings: dict, dataset):
+        from flax import nnx
 
-    from disco_jax.models import Segmenter
+        from disco_jax import models
 
-    return Segmenter(settings["model"].removeprefix("unet_"), classes=dataset.classes,
-                     nodes=settings["nodes"], in_channels=dataset.image_shape[-1],
-                     stem=settings["stem"], width=settings["width"],
-                     decoder_width=settings["decoder_width"], zero_init_residual=True,
-                     rngs=nnx.Rngs(settings["seed"]))
+        return getattr(models, network)(
+            settings["model"].removeprefix(prefix), classes=dataset.classes,
+            nodes=settings["nodes"], in_channels=dataset.image_shape[-1],
+            stem=settings["stem"], width=settings["width"],
+            decoder_width=settings["decoder_width"], zero_init_residual=True,
+            rngs=nnx.Rngs(settings["seed"]))
+
+    return build
+
+
+build_model = scene_builder("Segmenter", "unet_")
+"""The (untrained) segmentation network of a run with ``settings``."""
 
 
 def segmentation_task(dataset):
