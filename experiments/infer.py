@@ -6,7 +6,8 @@
 
 ``--run`` is the ``--out`` folder of a run of any pipeline experiment
 (``python -m experiments.resnet50``, ``experiments.vit``,
-``experiments.segmentation``, ``experiments.detection``): its ``settings.json``
+``experiments.segmentation``, ``experiments.detection``,
+``experiments.super_resolution``): its ``settings.json``
 rebuilds the network and its task,
 ``learned/finetune`` holds the DISCO checkpoint and ``plan/`` the frozen plan. The model runs as
 :class:`disco_jax.DistributedModel` (``jit(shard_map(...))``) over the first
@@ -35,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True,
                         help="the --out folder of a python -m experiments.resnet50 (or "
-                             "experiments.vit, .segmentation, .detection) run")
+                             "experiments.vit, .segmentation, .detection, .super_resolution) run")
     parser.add_argument("--variant", choices=VARIANTS, default="learned",
                         help="which trained variant (default learned = DISCO)")
     parser.add_argument("--images", type=int, default=10000, help="test images (default all)")
@@ -106,10 +107,11 @@ def main(argv=None) -> int:
         metrics = task.metrics(total)
         where = (f"{nodes} processes" if jax.process_count() > 1
                  else f"a mesh of {nodes} emulated devices")
-        others = "".join(f", {name.replace('_', ' ')} {100 * value:.2f}"
+        scale = task.display_scale  # 100: shares in %; 1: PSNR in dB, SSIM
+        others = "".join(f", {name.replace('_', ' ')} {scale * value:.2f}"
                          for name, value in metrics.items() if name != task.metric)
         print(f"{args.variant} of {args.run} on {where}: {task.label} "
-              f"{100 * metrics[task.metric]:.2f}{others} over {len(labels)} test images "
+              f"{scale * metrics[task.metric]:.2f}{others} over {len(labels)} test images "
               f"({seconds:.1f} s with compilation)", flush=True)
         if args.predictions:
             args.predictions.parent.mkdir(parents=True, exist_ok=True)

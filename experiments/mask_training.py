@@ -215,7 +215,9 @@ def with_targets(report: dict) -> dict:
         diff = report["disco_minus"].get(f"{variant_of[key]}_finetuned")
         if diff is not None:
             paired[f"disco - {key}"] = stats(100 * np.asarray(diff["values"]))
-    targets = seed_targets({"paired": paired, "per_seed": []}, network_of(report["model"]).targets)
+    network = network_of(report["model"])
+    targets = seed_targets({"paired": paired, "per_seed": []},
+                           network.targets_of(report["model"]))
     return report | {"targets": targets}
 
 

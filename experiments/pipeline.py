@@ -57,13 +57,16 @@ class Targets:
     """What a run must show: communication >= ``comm_reduction`` x below the
     dense split, FLOPs and weights per node at most these fractions of a
     single device (None: not a target), DISCO within ``gap`` points of the
-    dense split and above random masks."""
+    dense split (in the task's unit: points, dB) and above random masks;
+    with ``over_baseline = (name, margin)`` the dense split at least
+    ``margin`` above the task's baseline ``name`` (bicubic upscaling, say)."""
 
     comm_reduction: float
     gap: float
     flops: float | None = None
     params: float | None = None
     title: str = "targets for this run"
+    over_baseline: tuple[str, float] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +87,11 @@ class Network:
       architecture: the settings the report repeats next to ``model``.
       describe: ``report -> str``, the architecture in the table's first line.
       recipe: training details the report adds to its recipe.
-      targets: what the run must show.
+      targets: what the run must show (``model_targets``: other targets for
+        some of the ``models``, by name; :meth:`targets_of`).
+      model_presets: for some of the ``models``, by name, settings of some
+        presets that differ from ``presets`` (``{"swinir": {"default":
+        {...}}}``; :meth:`preset_of`).
       doc: the program's help text.
       dataset_name: the default ``--dataset``.
       load: ``settings -> Dataset``: the run's data (default: a
@@ -110,6 +117,16 @@ class Network:
     load: Callable[[dict], object] | None = None
     task: Callable[[object], object] | None = None
     picture: Callable | None = None
+    model_targets: dict[str, Targets] = dataclasses.field(default_factory=dict)
+    model_presets: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)
+
+    def preset_of(self, model: str, preset: str) -> dict:
+        """The settings of ``preset`` for ``model``."""
+        return self.presets[preset] | self.model_presets.get(model, {}).get(preset, {})
+
+    def targets_of(self, model: str) -> Targets:
+        """What a run of ``model`` must show."""
+        return self.model_targets.get(model, self.targets)
 
     def dataset(self, settings: dict):
         """The data of a run with ``settings``."""
@@ -146,7 +163,7 @@ def network_of(model: str) -> Network:
 
 
 PROGRAMS = ("experiments.resnet50", "experiments.vit", "experiments.segmentation",
-            "experiments.detection")
+            "experiments.detection", "experiments.super_resolution")
 """The experiments built on this pipeline (their ``NETWORK``s; model names are unique)."""
 
 
@@ -220,7 +237,7 @@ def parse_args(network: Network, argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     preset = "quick" if args.quick else args.preset
     args.preset = preset
-    for name, value in network.presets[preset].items():
+    for name, value in network.preset_of(args.model, preset).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     if not 0.0 <= args.comm_ratio <= 1.0:
@@ -376,6 +393,7 @@ def run(network: Network, args) -> dict:
     steps = (args.pretrain_steps if pretrain_steps is not None else 0) + schedule.steps
     return {
         "model": args.model, "task": task.name, "metric_label": task.label,
+        "metric_scale": task.display_scale, "metric_unit": task.unit,
         "dataset": args.dataset,
         "input_shape": list(dataset.image_shape),
         **{name: getattr(args, name) for name in network.architecture},
@@ -385,6 +403,7 @@ def run(network: Network, args) -> dict:
         "metrics": {QUALITY_KEYS[v]: values for v, values in every_metric.items()
                     if v in QUALITY_KEYS},
         "quality_at_budget": quality(at_budget) | {"images": len(held_out)},
+        "baselines": task.baselines(test),
         "test_images": len(test),
         "steps_per_variant": {
             "dense": pretrain_steps, "init": None if args.init is None else str(args.init),
@@ -443,7 +462,8 @@ def distributed_check(model, plan, mesh, test, task, batch: int = 500, *,
     if not reference:
         return result
     return result | {f"reference_{metric}": check["reference_metrics"][metric]} | {
-        key: check[key] for key in ("reference_metrics", "positions", "prediction_mismatches",
+        key: check[key] for key in ("reference_metrics", "versus_reference", "positions",
+                                    "prediction_mismatches",
                                     "mismatches_that_are_ties", "max_abs_diff",
                                     "max_abs_reference", "hlo_bytes_per_sample",
                                     "hlo_flops_per_sample", "other_collectives")}
@@ -466,15 +486,33 @@ def targets(report: dict, goals: Targets) -> list[tuple[str, str, bool | None]]:
         rows.append((f"weights per node <= {goals.params:g} of single device",
                      f"{params['disco'] / params['single']:.2f}",
                      params["disco"] / params["single"] <= goals.params))
+    scale, unit = display_scale(report), report.get("metric_unit", "points")
     if quality["random_mask"] is not None:
-        gap = 100 * (quality["dense_split"] - quality["disco"])
-        rows.append((f"DISCO {_label(report)} within {goals.gap:.1f} point of the dense split",
-                     f"{abs(gap):.2f} points {'below' if gap > 0 else 'above'}",
+        gap = scale * (quality["dense_split"] - quality["disco"])
+        rows.append((f"DISCO {_label(report)} within {amount(goals.gap, unit)} of the dense "
+                     f"split", f"{abs(gap):.2f} {unit} {'below' if gap > 0 else 'above'}",
                      gap <= goals.gap))
-        lead = 100 * (quality["disco"] - quality["random_mask"])
+        lead = scale * (quality["disco"] - quality["random_mask"])
         rows.append(("learned masks above random masks at the same k",
-                     f"{lead:+.2f} points", lead > 0))
+                     f"{lead:+.2f} {unit}", lead > 0))
+    if goals.over_baseline is not None and quality["dense_split"] is not None:
+        name, margin = goals.over_baseline
+        lead = quality["dense_split"] - report["baselines"][name][quality["metric"]]
+        rows.append((f"dense split at least {amount(margin, unit)} above {name}",
+                     f"{scale * lead:+.2f} {unit}", scale * lead >= margin))
     return rows
+
+
+def display_scale(report: dict) -> float:
+    """What a report's metric is multiplied by in tables (100: a share in %;
+    reports before tasks: 100)."""
+    return report.get("metric_scale", 100.0)
+
+
+def amount(value: float, unit: str) -> str:
+    """A threshold in a target's words: ``1.0 point`` (as the reports before
+    tasks wrote it), ``0.15 dB``."""
+    return f"{value:.1f} point" if unit == "points" else f"{value:g} {unit}"
 
 
 def _masks_line(recipe: dict, steps: dict) -> list[str]:
@@ -514,8 +552,11 @@ def _label(report: dict) -> str:
 def format_report(report: dict, network: Network) -> str:
     """The terminal table (DESIGN.md section 7 fields)."""
 
+    scale = display_scale(report)
+    symbol = "%" if scale == 100 else report.get("metric_unit", "")
+
     def pct(value):
-        return "     -" if value is None else f"{100 * value:6.2f}"
+        return "     -" if value is None else f"{scale * value:6.2f}"
 
     steps, quality, recipe = report["steps_per_variant"], report["quality"], report["recipe"]
     metric = quality["metric"]
@@ -538,9 +579,15 @@ def format_report(report: dict, network: Network) -> str:
     ]
     every = report.get("metrics", {})
     others = [name for name in every.get("disco", {}) if name != metric]  # the task's others
-    rows.append(f"  {_label(report) + ' %':22} {'test (' + str(report['test_images']) + ')':>12} "
+    percent = " %" if scale == 100 else ""  # the others: shares in %, or as they are
+    rows.append(f"  {_label(report) + ' ' + symbol:22} "
+                f"{'test (' + str(report['test_images']) + ')':>12} "
                 f"{'at budget (' + str(at_budget['images']) + ')':>18}"
-                + "".join(f" {name.replace('_', ' ') + ' %, test':>22}" for name in others))
+                + "".join(f" {name.replace('_', ' ') + percent + ', test':>22}"
+                          for name in others))
+    for name, values in report.get("baselines", {}).items():
+        rows.append(f"  {name:22} {pct(values[metric]):>12} {'':>18}"
+                    + "".join(f" {pct(values.get(other)):>22}" for other in others))
     for key, name in (("single", "single device"), ("dense_split", "dense split"),
                       ("disco", "DISCO (learned)"), ("random_mask", "random masks"),
                       ("random_directions", "random directions"),
@@ -563,17 +610,21 @@ def format_report(report: dict, network: Network) -> str:
         f"{params['dense_split']:>14,}   DISCO {params['disco']:>14,} "
         f"({params['disco'] / params['single']:.2f} of single)",
         f"  DISCO on a {report['nodes']}-device mesh over {dist['images']} test images: "
-        f"{_label(report)} {100 * dist[metric]:.2f} (single-device reference "
-        f"{100 * dist['reference_' + metric]:.2f}), {dist['prediction_mismatches']} "
+        f"{_label(report)} {scale * dist[metric]:.2f} (single-device reference "
+        f"{scale * dist['reference_' + metric]:.2f}), {dist['prediction_mismatches']} "
         f"predictions differ "
-        f"({dist['mismatches_that_are_ties']} float ties), max |logit diff| "
-        f"{report['max_abs_diff_vs_reference']:.2e} (max |logit| {dist['max_abs_reference']:.2f})",
+        f"({dist['mismatches_that_are_ties']} float ties), max |output diff| "
+        f"{report['max_abs_diff_vs_reference']:.2e} (max |output| "
+        f"{dist['max_abs_reference']:.2f})"
+        + "".join(f", {name.replace('_', ' ')} {value:.2f}"
+                  for name, value in dist.get("versus_reference", {}).items()),
     ]
     if report["sweep"]:
         rows.append("  sweep (learned masks, same steps): " + ", ".join(
-            f"rho {p['comm_ratio']:g}: {100 * p[metric]:.2f}" for p in report["sweep"]))
-    rows.append(f"{network.targets.title}:")
-    for what, measured, met in targets(report, network.targets):
+            f"rho {p['comm_ratio']:g}: {scale * p[metric]:.2f}" for p in report["sweep"]))
+    goals = network.targets_of(report["model"])
+    rows.append(f"{goals.title}:")
+    for what, measured, met in targets(report, goals):
         verdict = "not measured" if met is None else ("met" if met else "NOT met")
         rows.append(f"  {what:58} {measured:>20}   {verdict}")
     return "\n".join(rows)
@@ -629,7 +680,7 @@ def main(network: Network, argv=None) -> int:
                     print(f"== seed {seed} ==", flush=True)
                     runs.append(run_and_print(network, argparse.Namespace(
                         **vars(args) | {"seed": seed, "out": args.out / f"seed-{seed}"})))
-                report = seeds.over_seeds(runs, network.targets)
+                report = seeds.over_seeds(runs, network.targets_of(args.model))
                 print(seeds.format_seeds(report))
     except dj.DiscoError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -41,19 +41,21 @@ def accuracy_vs_ratio(report: dict, path: Path) -> Path:
     masks), with the random-mask point and the dense split for reference."""
     plt = _pyplot()
     metric, label = report["quality"]["metric"], report.get("metric_label", "top-1")
+    scale = report.get("metric_scale", 100.0)  # 100: a share in %
+    unit = "%" if scale == 100 else report.get("metric_unit", "")
     sweep = sorted(report["sweep"], key=lambda point: point["comm_ratio"])
     fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
-    ax.plot([p["comm_ratio"] for p in sweep], [100 * p[metric] for p in sweep], "o-",
+    ax.plot([p["comm_ratio"] for p in sweep], [scale * p[metric] for p in sweep], "o-",
             label="learned masks")
     quality = report["quality"]
     if quality["random_mask"] is not None:
-        ax.plot([report["comm_ratio"]], [100 * quality["random_mask"]], "s",
+        ax.plot([report["comm_ratio"]], [scale * quality["random_mask"]], "s",
                 label="random masks")
     if quality["dense_split"] is not None:
-        ax.axhline(100 * quality["dense_split"], color="gray", linestyle="--",
+        ax.axhline(scale * quality["dense_split"], color="gray", linestyle="--",
                    label="dense split")
     ax.set_xlabel("comm ratio (channels sent / channels a node holds)")
-    ax.set_ylabel(f"test {label} (%)")
+    ax.set_ylabel(f"test {label} ({unit})")
     ax.set_title(f"{report['model']} on {report['nodes']} nodes, {report['dataset']}")
     ax.legend()
     fig.savefig(path, dpi=120)
@@ -151,6 +153,52 @@ def detection_examples(models: dict, test, task, path: Path, names, count: int =
             if row == 0:
                 ax.set_title(title if scores is None else f"{title} (score >= {min_score:g})",
                              fontsize=9)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def super_resolution_examples(models: dict, test, task, path: Path, crop: int = 96) -> Path:
+    """One test image per row, a ``crop`` px square of it at high resolution
+    (the centre of its most detailed quarter): bicubic upscaling, the dense
+    split, DISCO and random masks (the variants ``models`` has) and the high-
+    resolution original, each titled with its PSNR on the whole image."""
+    import jax
+    import numpy as np
+
+    plt = _pyplot()
+    columns = [(key, title) for key, title in (("dense_split", "dense split"),
+                                                ("learned", "DISCO"), ("random", "random masks"))
+               if key in models]
+    images, truth = np.asarray(test.images), np.asarray(test.labels)
+    size = (*truth.shape[:3], images.shape[-1])
+    panels = [("bicubic", np.clip(np.asarray(jax.image.resize(images, size, "bicubic")), 0, 1))]
+    for key, title in columns:
+        model = models[key]
+        model.eval()
+        outputs = task.outputs(model(jax.numpy.asarray(images)))
+        panels.append((title, np.asarray(task.predict(outputs))))
+        model.train()
+    panels.append(("high resolution", truth))
+    fig, axes = plt.subplots(len(images), len(panels), figsize=(2.0 * len(panels),
+                                                               2.1 * len(images)),
+                             squeeze=False, layout="constrained")
+    for row in range(len(images)):
+        quarters = [(top, left) for top in (0, truth.shape[1] // 2)
+                    for left in (0, truth.shape[2] // 2)]
+        detail = [np.abs(np.diff(truth[row, t:t + truth.shape[1] // 2,
+                                       s:s + truth.shape[2] // 2], axis=0)).mean()
+                  for t, s in quarters]
+        top, left = quarters[int(np.argmax(detail))]
+        top += max(0, truth.shape[1] // 4 - crop // 2)
+        left += max(0, truth.shape[2] // 4 - crop // 2)
+        for ax, (title, pictures) in zip(axes[row], panels, strict=True):
+            ax.imshow(pictures[row, top:top + crop, left:left + crop], interpolation="nearest")
+            if title != "high resolution":
+                psnr = task.image_metrics(pictures[row:row + 1], truth[row:row + 1])["psnr"]
+                title = f"{title}\n{psnr:.2f} dB"
+            ax.set_title(title, fontsize=8)
+            ax.set_xticks([]), ax.set_yticks([])
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from experiments.compare import stats, write_report
+from experiments.pipeline import amount
 
 PAIRED = (("random_mask", "random masks"), ("random_directions", "random directions"),
           ("no_comm", "no communication"), ("dense_split", "dense split"))
@@ -51,6 +52,7 @@ def over_seeds(runs: list[dict], goals) -> dict:
       goals: the experiment's :class:`~experiments.pipeline.Targets`.
     """
     first = runs[0]
+    scale = first.get("metric_scale", 100.0)
     keys = [key for key, value in first["quality"].items()
             if key != "metric" and value is not None]
     quality = {"metric": first["quality"]["metric"]}
@@ -59,8 +61,9 @@ def over_seeds(runs: list[dict], goals) -> dict:
     for key, _ in PAIRED:
         if key in keys and "disco" in keys:
             paired[f"disco - {key}"] = stats(
-                [100 * (r["quality"]["disco"] - r["quality"][key]) for r in runs])
-    report = {key: first[key] for key in ("model", "task", "dataset", "input_shape", "nodes",
+                [scale * (r["quality"]["disco"] - r["quality"][key]) for r in runs])
+    report = {key: first[key] for key in ("model", "task", "metric_label", "metric_scale",
+                                          "metric_unit", "dataset", "input_shape", "nodes",
                                           "comm_ratio", "payload_dtype", "preset", "recipe",
                                           "comm_bytes_per_sample", "comm_reduction",
                                           "flops_per_node", "params_per_node") if key in first}
@@ -76,6 +79,7 @@ def seed_targets(report: dict, goals) -> list[dict]:
     """The quality targets over seeds: ``{"what", "measured", "met"}`` each."""
     rows = []
     runs = report["per_seed"]
+    unit = report.get("metric_unit", "points")
     hlo = [r["comm_bytes_per_sample"]["dense_split"] / r["comm_bytes_per_sample"]["disco_hlo"]
            for r in runs if r["comm_bytes_per_sample"]["disco_hlo"]]
     if hlo:
@@ -88,8 +92,8 @@ def seed_targets(report: dict, goals) -> list[dict]:
         worst = min(gap["values"])
         met = (error is not None and worst >= -goals.gap
                and gap["mean"] - 2 * error > -goals.gap)
-        rows.append({"what": f"DISCO within {goals.gap:.1f} point of the dense split, every "
-                             "seed and mean - 2 SE",
+        rows.append({"what": f"DISCO within {amount(goals.gap, unit)} of the dense split, "
+                             "every seed and mean - 2 SE",
                      "measured": f"{gap['mean']:+.2f} ± {error or 0:.2f} SE, worst {worst:+.2f}",
                      "met": met})
     for key, name in PAIRED[:2]:
@@ -112,16 +116,17 @@ def format_seeds(report: dict) -> str:
     width = max(len(name) for _, name in columns) + 2
     header = f"  {'seed':>6}" + "".join(f"{name:>{width}}" for _, name in columns)
     label = runs[0].get("metric_label", "top-1")
-    rows = [f"over seeds {', '.join(map(str, report['seeds']))}: {label} % on "
-            f"{runs[0]['test_images']} test images", header]
+    scale, unit = runs[0].get("metric_scale", 100.0), runs[0].get("metric_unit", "points")
+    rows = [f"over seeds {', '.join(map(str, report['seeds']))}: {label} "
+            f"{'%' if scale == 100 else unit} on {runs[0]['test_images']} test images", header]
     for run in runs:
         rows.append(f"  {run['seed']:>6}" + "".join(
-            f"{100 * run['quality'][key]:>{width}.2f}" for key, _ in columns))
+            f"{scale * run['quality'][key]:>{width}.2f}" for key, _ in columns))
     rows.append(f"  {'mean':>6}" + "".join(
-        f"{100 * quality[key]['mean']:>{width}.2f}" for key, _ in columns))
+        f"{scale * quality[key]['mean']:>{width}.2f}" for key, _ in columns))
     rows.append(f"  {'std':>6}" + "".join(
-        f"{100 * (quality[key]['std'] or 0):>{width}.2f}" for key, _ in columns))
-    rows.append("paired differences, points (mean ± std; per seed):")
+        f"{scale * (quality[key]['std'] or 0):>{width}.2f}" for key, _ in columns))
+    rows.append(f"paired differences, {unit} (mean ± std; per seed):")
     for name, summary in report["paired"].items():
         rows.append(f"  {name:28} {summary['mean']:+6.2f} ± {summary['std'] or 0:.2f}   ("
                     + ", ".join(f"{v:+.2f}" for v in summary["values"]) + ")")
@@ -187,7 +192,8 @@ def main(argv=None) -> int:
         seeds = [r["seed"] for r in runs]
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"two of these runs have the same seed: {seeds}")
-        report = over_seeds(runs, network_of(runs[0]["model"]).targets)
+        model = runs[0]["model"]
+        report = over_seeds(runs, network_of(model).targets_of(model))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

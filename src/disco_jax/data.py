@@ -56,7 +56,8 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """A classification dataset with its training and test splits."""
+    """A dataset with its training and test splits (``classes``: the classes,
+    or for super-resolution the image channels)."""
 
     name: str
     train: Split
@@ -66,7 +67,9 @@ class Dataset:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.images.shape[1:])
+        """The shape of one test image: what the model runs on at inference
+        (training inputs may be smaller crops, as super-resolution's patches)."""
+        return tuple(self.test.images.shape[1:])
 
 
 def _read_idx(path: Path) -> np.ndarray:

@@ -65,7 +65,9 @@ def mesh_check(model, plan, mesh, split, task: Task | int, *, batch: int = 500,
       with ``reference``: ``reference_metrics`` (the training form on one
       device), ``positions`` (predictions compared: images, or pixels),
       ``prediction_mismatches``, ``mismatches_that_are_ties``,
-      ``max_abs_diff``, ``max_abs_reference``, ``hlo_bytes_per_sample``,
+      ``max_abs_diff``, ``max_abs_reference``, ``versus_reference`` (the
+      task's own measures of the two, :meth:`~disco_jax.tasks.Task.versus_reference`),
+      ``hlo_bytes_per_sample``,
       ``hlo_flops_per_sample`` and ``other_collectives`` of the compiled
       program.
     """
@@ -112,6 +114,7 @@ def mesh_check(model, plan, mesh, split, task: Task | int, *, batch: int = 500,
     hlo = compiled.as_text()
     return result | {
         "reference_metrics": task.metrics(reference_total),
+        "versus_reference": task.versus_reference(total, reference_total),
         "positions": positions, "prediction_mismatches": mismatches,
         "mismatches_that_are_ties": ties,
         "max_abs_diff": max_diff, "max_abs_reference": max_ref,

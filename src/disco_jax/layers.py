@@ -444,3 +444,44 @@ class NodeConcat(nnx.Module):
             raise ConfigError(f"{name}: NodeConcat for {self.nodes} nodes in a model run on "
                               f"{nodes}; build the model for {nodes} nodes")
         return NodeConcat(1, name)  # inside shard_map each node holds its own blocks
+
+
+class PixelShuffle(nnx.Module):
+    """Sub-pixel upsampling by ``scale`` = r that stays on each node.
+
+    ``[B, H, W, C * r^2]`` -> ``[B, r H, r W, C]`` in PyTorch's order
+    (``nn.PixelShuffle``, "CRD"): input channel ``c * r^2 + i * r + j`` becomes
+    pixel ``(i, j)`` of each r x r cell of output channel ``c``. With the
+    channels split over N nodes in contiguous blocks, node n holds whole
+    groups of r^2 (those of its own output channels) exactly when C divides
+    by N, and then shuffling each node's block on its own gives that node's
+    output channels: no communication, and the same arithmetic in both forms.
+
+    Training form: ``PixelShuffle(r, nodes)`` on global arrays; inference form
+    (:func:`disco_jax.to_inference`): each node's shuffle of its own block.
+    """
+
+    def __init__(self, scale: int, nodes: int = 1, name: str = "pixel_shuffle"):
+        if not (isinstance(scale, int | np.integer) and scale >= 1):
+            raise ConfigError(f"{name}: scale must be a positive integer, got {scale!r}")
+        self.scale, self.nodes, self.name = int(scale), nodes, name
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        r, n = self.scale, self.nodes
+        if x.ndim != 4 or x.shape[-1] % (r * r * n):
+            where = "" if n == 1 else (f": over {n} nodes each node's {x.shape[-1] // n} "
+                                       f"channels must be whole groups of {r * r}, or a "
+                                       f"group would straddle two nodes")
+            raise ConfigError(
+                f"{self.name}: x{r} sub-pixel upsampling takes [B, H, W, C * {r * r}] with "
+                f"C divisible by {n} node(s), got shape {tuple(x.shape)}{where}; give the "
+                f"conv before it {r * r} x (a multiple of {n}) output channels")
+        b, h, w, c = x.shape
+        y = x.reshape(b, h, w, c // (r * r), r, r)
+        return y.transpose(0, 1, 4, 2, 5, 3).reshape(b, h * r, w * r, c // (r * r))
+
+    def inference_form(self, nodes: int, name: str) -> PixelShuffle:
+        if nodes != self.nodes:
+            raise ConfigError(f"{name}: PixelShuffle for {self.nodes} nodes in a model run on "
+                              f"{nodes}; build the model for {nodes} nodes")
+        return PixelShuffle(self.scale, 1, name)  # each node shuffles its own block

@@ -12,6 +12,8 @@ which one it is; a new family is one module here.
   the classes from one dataset-level confusion matrix, and pixel accuracy.
 - :class:`Detection`: CenterNet outputs (a centre heatmap per class, box size
   and offset), decoded to boxes; COCO AP and AP50 from pycocotools.
+- :class:`SuperResolution`: the high-resolution image ``[B, rH, rW, C_padded]``,
+  PSNR (Y channel, border cropped) and SSIM from scikit-image.
 
 Where a function takes a task, an ``int`` still means
 ``Classification(classes)``.
@@ -21,5 +23,6 @@ from disco_jax.tasks.base import Task, as_task
 from disco_jax.tasks.classification import Classification
 from disco_jax.tasks.detection import Detection
 from disco_jax.tasks.segmentation import Segmentation
+from disco_jax.tasks.super_resolution import SuperResolution
 
-__all__ = ["Classification", "Detection", "Segmentation", "Task", "as_task"]
+__all__ = ["Classification", "Detection", "Segmentation", "SuperResolution", "Task", "as_task"]

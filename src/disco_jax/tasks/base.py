@@ -35,6 +35,9 @@ class Task:
     label = "metric"
     """The primary metric as a table heads it."""
     higher_is_better = True
+    display_scale, unit = 100.0, "points"
+    """How tables show the metric: ``display_scale`` times its value (a share
+    in percent), differences in ``unit``."""
     output_rank = 2
     """Rank of the model's output (``[B, C]``; ``[B, H, W, C]`` per pixel), or
     for a model with several outputs (a dict) the same structure of ranks."""
@@ -98,6 +101,16 @@ class Task:
     def metrics(self, total) -> dict[str, float]:
         """The metrics from every batch's :meth:`tally`, combined (:meth:`combine`)."""
         raise NotImplementedError
+
+    def versus_reference(self, total, reference_total) -> dict[str, float]:
+        """Task-specific measures of the mesh's outputs against the reference's,
+        from both tallies (the PSNR between the two images, say). Default: none."""
+        return {}
+
+    def baselines(self, split) -> dict[str, dict[str, float]]:
+        """Metrics of methods that need no model (bicubic upscaling, say) on
+        ``split``, by name, for the tables' baseline rows. Default: none."""
+        return {}
 
     def check(self, split) -> None:
         """Raises :class:`~disco_jax.errors.DataError`, naming the example and
