@@ -65,3 +65,14 @@ class TinyNet(nnx.Module):
         x = nnx.relu(self.down(x) + self.proj(x))
         x = jnp.mean(x, axis=(1, 2))
         return self.head(x)
+
+
+def quick_run(main, folder, *extra: str):
+    """``main`` (an experiment's entry point) on its --quick settings at N = 2
+    with ``extra`` arguments, writing under ``folder``: ``(exit code, report,
+    folder)``; the run is in ``folder / "run"``."""
+    import json
+
+    code = main(["--quick", "--mesh", "2", *extra, "--out", str(folder / "run"),
+                 "--report", str(folder / "report.json")])
+    return code, json.loads((folder / "report.json").read_text()), folder

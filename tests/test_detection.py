@@ -2,8 +2,7 @@
 pycocotools, bad targets), the detector on meshes of 1, 2 and 4 nodes, and
 `python -m experiments.detection` end to end on its --quick settings."""
 
-import json
-
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -175,10 +174,7 @@ pytestmark_data = pytest.mark.skipif(
 def quick_run(tmp_path_factory):
     from experiments import detection
 
-    folder = tmp_path_factory.mktemp("detection")
-    code = detection.main(["--quick", "--mesh", "2", "--out", str(folder / "run"),
-                           "--report", str(folder / "report.json")])
-    return code, json.loads((folder / "report.json").read_text()), folder
+    return helpers.quick_run(detection.main, tmp_path_factory.mktemp("detection"))
 
 
 @pytestmark_data

@@ -2,6 +2,7 @@
 
 import json
 
+import helpers
 import numpy as np
 import pytest
 
@@ -17,10 +18,8 @@ pytestmark = pytest.mark.skipif(
 def quick_run(tmp_path_factory):
     """One --quick run on 2 nodes with a sweep (the default method: DISCO sends
     reduced-rank directions): its exit code, report and folder."""
-    folder = tmp_path_factory.mktemp("resnet50")
-    code = resnet50.main(["--quick", "--mesh", "2", "--sweep", "0,0.5,1", "--out",
-                          str(folder / "run"), "--report", str(folder / "report.json")])
-    return code, json.loads((folder / "report.json").read_text()), folder
+    return helpers.quick_run(resnet50.main, tmp_path_factory.mktemp("resnet50"),
+                             "--sweep", "0,0.5,1")
 
 
 @pytest.mark.slow
@@ -201,17 +200,12 @@ def test_infer_names_a_folder_that_holds_no_run(tmp_path, capsys):
     assert "holds no finished run" in capsys.readouterr().err
 
 
-DIRECTIONS = ["--quick", "--model", "resnet18", "--mesh", "2"]  # directions: the default
-
-
 @pytest.fixture(scope="module")
 def directions_run(tmp_path_factory):
     """A --quick run (ResNet-18) over seeds 0 and 1 in which DISCO sends reduced-rank
     directions."""
-    folder = tmp_path_factory.mktemp("directions")
-    code = resnet50.main([*DIRECTIONS, "--seeds", "0,1", "--out", str(folder / "run"),
-                          "--report", str(folder / "report.json")])
-    return code, json.loads((folder / "report.json").read_text()), folder
+    return helpers.quick_run(resnet50.main, tmp_path_factory.mktemp("directions"),
+                             "--model", "resnet18", "--seeds", "0,1")
 
 
 @pytest.mark.slow

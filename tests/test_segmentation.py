@@ -1,7 +1,6 @@
 """`python -m experiments.segmentation`, end to end on its --quick settings."""
 
-import json
-
+import helpers
 import pytest
 
 from disco_jax.data import FASHION_MNIST_DIR
@@ -14,10 +13,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("segmentation")
-    code = segmentation.main(["--quick", "--mesh", "2", "--sweep", "0.2,1", "--out",
-                              str(folder / "run"), "--report", str(folder / "report.json")])
-    return code, json.loads((folder / "report.json").read_text()), folder
+    return helpers.quick_run(segmentation.main, tmp_path_factory.mktemp("segmentation"),
+                             "--sweep", "0.2,1")
 
 
 @pytest.mark.slow

@@ -2,8 +2,7 @@
 the task's metrics, the photographs, and `python -m experiments.super_resolution`
 end to end on its --quick settings."""
 
-import json
-
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -194,10 +193,8 @@ def test_photographs_are_split_by_image_and_patches_are_aligned():
 def quick_run(request, tmp_path_factory):
     from experiments import super_resolution
 
-    folder = tmp_path_factory.mktemp(request.param)
-    code = super_resolution.main(["--quick", "--mesh", "2", "--model", request.param, "--out",
-                                  str(folder / "run"), "--report", str(folder / "report.json")])
-    return code, json.loads((folder / "report.json").read_text()), folder
+    return helpers.quick_run(super_resolution.main, tmp_path_factory.mktemp(request.param),
+                             "--model", request.param)
 
 
 @pytest.mark.slow
