@@ -108,6 +108,24 @@ def test_the_mesh_and_the_reference_agree_unless_a_detection_moves():
     assert positions == 200 and differ == ties == 2
 
 
+def test_a_peak_that_only_one_side_finds_shifts_later_ranks_and_they_are_ties():
+    """Two neighbouring cells that score the same are both peaks in the
+    reference and one in the mesh: every later detection moves up a rank
+    there, and is a tie (found at the next rank with its score); one whose
+    score changed is not."""
+    heat = jnp.full((1, 12, 12, 10), -10.0)
+    for (y, x, cls), logit in {(2, 2, 0): 1.0, (5, 5, 1): 0.0, (5, 6, 1): 0.0,
+                               (8, 8, 2): -1.0, (10, 3, 4): -2.0}.items():
+        heat = heat.at[0, y, x, cls].set(logit)
+    reference = {"heatmap": heat, "box": jnp.zeros((1, 12, 12, 4))}
+    mesh = dict(reference, heatmap=heat.at[0, 5, 6, 1].add(-2e-5))  # one peak fewer
+    positions, differ, ties = TASK.agreement(mesh, reference, 1e-4)
+    assert positions == TASK.top_k and differ >= 2 and ties == differ
+    changed = dict(mesh, heatmap=mesh["heatmap"].at[0, 8, 8, 2].set(-1.5))
+    positions, differ, ties = TASK.agreement(changed, reference, 1e-4)
+    assert differ - ties == 1  # the detection whose score moved
+
+
 @pytest.mark.parametrize("rows, message", [
     (targets([(10, 20, 40, 50, 12)]), r"image 0, object 0: a class outside \[0, 10\)"),
     (targets([(1, 1, 5, 5, 1)], [(80, 80, 100, 90, 2)]), r"image 1, object 0: a box outside "

@@ -247,15 +247,28 @@ class Detection(Task):
         (another class or cell) whose score equals the reference's at that
         rank within ``tolerance``: two candidates that score the same up to
         rounding, taken in the other order, or a peak that a neighbouring
-        cell equals up to rounding. The same detection with another box or
-        score is never a tie."""
+        cell equals up to rounding. Such a swap moves the detections after
+        it by a rank, so another detection is also a tie when the reference
+        has, at another rank of that image, one of its class in its cell or a
+        neighbouring one whose score equals its own within ``tolerance`` (the
+        same detections, ordered otherwise), or when it scores within
+        ``tolerance`` of the reference's last one (it crossed the top-k cut).
+        The same detection with another box or score is never a tie."""
         mine = [np.asarray(x) for x in self._peaks(outputs)]
         ref = [np.asarray(x) for x in self._peaks(reference)]
         other = (mine[1] != ref[1]) | (mine[2] != ref[2])
         score_gap = np.abs(mine[0] - ref[0])
         differ = (other | (np.abs(mine[3] - ref[3]).max(-1) > 2 * self.stride * tolerance)
                   | (score_gap > tolerance))
-        ties = differ & other & (score_gap <= tolerance)
+        width = np.shape(outputs["heatmap"])[2]
+        (my_y, my_x), (ref_y, ref_x) = (np.divmod(p[2], width) for p in (mine, ref))
+        # [B, rank here, rank there]: its class, its cell or a neighbour, its score
+        elsewhere = ((mine[1][:, :, None] == ref[1][:, None, :])
+                     & (np.abs(my_y[:, :, None] - ref_y[:, None, :]) <= 1)
+                     & (np.abs(my_x[:, :, None] - ref_x[:, None, :]) <= 1)
+                     & (np.abs(mine[0][:, :, None] - ref[0][:, None, :]) <= tolerance))
+        at_cut = mine[0] <= ref[0][:, -1:] + tolerance
+        ties = differ & other & ((score_gap <= tolerance) | elsewhere.any(-1) | at_cut)
         return differ.size, int(differ.sum()), int(ties.sum())
 
     def check(self, split) -> None:
