@@ -110,7 +110,8 @@ class SuperResolution(Task):
         for image, target in zip(images, targets, strict=True):
             y, y_ref = (luma(quantise(a))[border:-border, border:-border]
                         for a in (image, target))
-            psnr.append(peak_signal_noise_ratio(y_ref, y, data_range=255.0))
+            with np.errstate(divide="ignore"):  # identical images: PSNR inf, as skimage says
+                psnr.append(peak_signal_noise_ratio(y_ref, y, data_range=255.0))
             ssim.append(structural_similarity(y_ref, y, data_range=255.0,
                                               gaussian_weights=True, sigma=1.5,
                                               use_sample_covariance=False))
