@@ -171,8 +171,7 @@ def super_resolution_examples(models: dict, test, task, path: Path, crop: int = 
                                                 ("learned", "DISCO"), ("random", "random masks"))
                if key in models]
     images, truth = np.asarray(test.images), np.asarray(test.labels)
-    size = (*truth.shape[:3], images.shape[-1])
-    panels = [("bicubic", np.clip(np.asarray(jax.image.resize(images, size, "bicubic")), 0, 1))]
+    panels = [("bicubic", task.bicubic(images))]
     for key, title in columns:
         model = models[key]
         model.eval()
