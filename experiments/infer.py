@@ -3,6 +3,7 @@
     python -m experiments.infer --run runs/resnet50-n2 --predictions mesh.npz
     python -m disco_jax.launch --nodes 2 -- experiments.infer --run runs/resnet50-n2 \\
         --predictions processes.npz
+    python -m disco_jax.launch --nodes 2 -- experiments.infer --bundles bundles/resnet50-n2
 
 ``--run`` is the ``--out`` folder of a run of any pipeline experiment
 (``python -m experiments.resnet50``, ``experiments.vit``,
@@ -18,6 +19,12 @@ metrics (top-1; mIoU and pixel accuracy; AP50 and AP) and writes the outputs
 (``--predictions``, .npz: ``labels`` and ``logits``, or ``logits_NAME`` for each
 output of a network with several), so that two runs can be
 compared.
+
+``--bundles`` instead runs the per-node bundles that ``python -m
+experiments.export`` wrote from a run (:mod:`disco_jax.bundle`): node i reads
+``node-i`` alone (its weights, its send indices, the run's settings), never
+the run folder or another node's bundle; in one process the emulated mesh
+reads them all.
 """
 
 from __future__ import annotations
@@ -34,11 +41,15 @@ from experiments.compare import VARIANTS
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m experiments.infer",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, required=True,
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path,
                         help="the --out folder of a python -m experiments.resnet50 (or "
                              "experiments.vit, .segmentation, .detection, .super_resolution) run")
+    source.add_argument("--bundles", type=Path,
+                        help="the --out folder of python -m experiments.export: each node "
+                             "reads its own node-i folder only")
     parser.add_argument("--variant", choices=VARIANTS, default="learned",
-                        help="which trained variant (default learned = DISCO)")
+                        help="with --run: which trained variant (default learned = DISCO)")
     parser.add_argument("--images", type=int, default=10000, help="test images (default all)")
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--predictions", type=Path,
@@ -69,6 +80,48 @@ def load_run(run: Path, variant: str = "learned"):
     return model, plan, dataset, settings, network_of(settings["model"]).task_of(dataset)
 
 
+def _from_run(args):
+    """``(nodes, build)``: ``build(mesh) -> (distributed, dataset, task)`` from ``--run``."""
+    import disco_jax as dj
+
+    record = args.run / "settings.json"
+    nodes = json.loads(record.read_text())["nodes"] if record.is_file() else 1
+
+    def build(mesh):
+        model, plan, dataset, _, task = load_run(args.run, args.variant)
+        return dj.DistributedModel(model, mesh, plan, output_rank=task.output_rank,
+                                   output_channels=task.output_channels), dataset, task
+
+    return nodes, build
+
+
+def _from_bundles(args):
+    """``(nodes, build)`` from ``--bundles``: this process's own bundles only."""
+    import jax
+
+    import disco_jax as dj
+    from disco_jax import bundle
+    from experiments.pipeline import build_model, network_of
+
+    node = jax.process_index() if jax.distributed.is_initialized() else 0
+    manifest = bundle.read_manifest(bundle.node_folder(args.bundles, node))
+    settings = manifest["settings"]
+    if not settings or "model" not in settings:
+        raise dj.ConfigError(f"{args.bundles} holds bundles without a run's settings; export "
+                             "them with python -m experiments.export --run RUN")
+
+    def build(mesh):
+        network = network_of(settings["model"])
+        dataset = network.dataset(settings)
+        task = network.task_of(dataset)
+        distributed = bundle.load_distributed(
+            args.bundles, mesh, lambda: build_model(settings, dataset),
+            output_rank=task.output_rank, output_channels=task.output_channels)
+        return distributed, dataset, task
+
+    return manifest["nodes"], build
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import jax
@@ -77,19 +130,15 @@ def main(argv=None) -> int:
     import disco_jax as dj
     from disco_jax.evaluation import mesh_outputs
 
-    record = args.run / "settings.json"
-    nodes = json.loads(record.read_text())["nodes"] if record.is_file() else 1
-    dj.ensure_host_devices(nodes)
-    first = jax.process_index() == 0
+    source = args.run if args.run is not None else args.bundles
     try:
+        nodes, build = _from_run(args) if args.run is not None else _from_bundles(args)
+        dj.ensure_host_devices(nodes)
         if jax.process_count() > 1 and jax.process_count() != nodes:
-            raise dj.ConfigError(f"{args.run} was trained for {nodes} nodes, but this run has "
+            raise dj.ConfigError(f"{source} is for {nodes} nodes, but this run has "
                                  f"{jax.process_count()} processes; launch it with --nodes "
                                  f"{nodes}")
-        model, plan, dataset, _, task = load_run(args.run, args.variant)
-        mesh = dj.make_mesh(nodes)
-        distributed = dj.DistributedModel(model, mesh, plan, output_rank=task.output_rank,
-                                          output_channels=task.output_channels)
+        distributed, dataset, task = build(dj.make_mesh(nodes))
         test = dataset.test
         images, labels = test.images[:args.images], test.labels[:args.images]
         began = time.time()
@@ -98,6 +147,7 @@ def main(argv=None) -> int:
     except dj.DiscoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    first = jax.process_index() == 0
     if first:
         total = None
         for begin in range(0, len(labels), args.batch):
@@ -110,7 +160,8 @@ def main(argv=None) -> int:
         scale = task.display_scale  # 100: shares in %; 1: PSNR in dB, SSIM
         others = "".join(f", {name.replace('_', ' ')} {scale * value:.2f}"
                          for name, value in metrics.items() if name != task.metric)
-        print(f"{args.variant} of {args.run} on {where}: {task.label} "
+        what = f"{args.variant} of {args.run}" if args.run is not None else str(args.bundles)
+        print(f"{what} on {where}: {task.label} "
               f"{scale * metrics[task.metric]:.2f}{others} over {len(labels)} test images "
               f"({seconds:.1f} s with compilation)", flush=True)
         if args.predictions:

@@ -193,6 +193,77 @@ def test_one_process_per_node_gives_the_emulated_mesh_predictions(quick_run, tmp
                                atol=1e-5 * np.abs(mesh["logits"]).max())
 
 
+def _launch_infer(*argv: str, env: dict | None = None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "disco_jax.launch", "--nodes", "2", "--", *argv],
+                          cwd=repo, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, **(env or {})))
+
+
+@pytest.mark.slow
+def test_node_bundles_on_two_processes_each_read_their_own_and_match_the_mesh_bitwise(
+        quick_run, tmp_path):
+    """The main job's DISCO model exported as per-node bundles: two processes, each
+    opening only its own bundle's files, give the emulated mesh's logits bit for bit."""
+    import os
+    from pathlib import Path
+
+    import chex
+
+    from experiments import export, infer
+
+    _, _, folder = quick_run
+    bundles = tmp_path / "bundles"
+    assert export.main(["--run", str(folder / "run"), "--out", str(bundles)]) == 0
+    assert infer.main(["--bundles", str(bundles), "--images", "300", "--batch", "128",
+                       "--predictions", str(tmp_path / "mesh.npz")]) == 0
+    tests = str(Path(__file__).resolve().parent)
+    launched = _launch_infer(
+        "record_opens", str(tmp_path / "opens"), "experiments.infer", "--bundles", str(bundles),
+        "--images", "300", "--batch", "128", "--predictions", str(tmp_path / "processes.npz"),
+        env={"PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])})
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    assert "[node 0] " + str(bundles) + " on 2 processes" in launched.stdout
+    mesh, processes = np.load(tmp_path / "mesh.npz"), np.load(tmp_path / "processes.npz")
+    chex.assert_trees_all_equal(dict(processes), dict(mesh))
+    for node in range(2):
+        opened = (tmp_path / f"opens-node{node}.txt").read_text().split()
+        ours = [path for path in opened if path.startswith(str(bundles))]
+        assert ours and all(path.startswith(str(bundles / f"node-{node}") + "/")
+                            for path in ours), ours
+        assert {Path(path).name for path in ours} == {"manifest.json", "weights.npz"}
+        assert not [path for path in opened if path.startswith(str(folder / "run"))]
+
+
+@pytest.mark.slow
+def test_two_nodes_with_bundles_of_different_plans_stop_before_anything_travels(
+        quick_run, tmp_path):
+    import json
+    import shutil
+
+    from experiments import export
+
+    _, _, folder = quick_run
+    for variant in ("learned", "random"):
+        assert export.main(["--run", str(folder / "run"), "--out", str(tmp_path / variant),
+                            "--variant", variant]) == 0
+    shutil.rmtree(tmp_path / "learned" / "node-1")
+    shutil.copytree(tmp_path / "random" / "node-1", tmp_path / "learned" / "node-1")
+    sums = [json.loads((tmp_path / "learned" / f"node-{i}" / "manifest.json").read_text())
+            ["plan_checksum"][:16] for i in range(2)]
+    assert sums[0] != sums[1]
+    launched = _launch_infer("experiments.infer", "--bundles", str(tmp_path / "learned"))
+    assert launched.returncode == 1
+    assert (f"the nodes do not run the same plan: node 0 has plan {sums[0]}, 2 nodes, float32 "
+            f"payloads; node 1 has plan {sums[1]}, 2 nodes, float32 payloads") in launched.stdout
+    assert "[Gloo]" not in launched.stdout  # no collective was ever set up
+
+
 def test_infer_names_a_folder_that_holds_no_run(tmp_path, capsys):
     from experiments import infer
 

@@ -27,11 +27,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 
-from disco_jax.errors import ConfigError
+from disco_jax.errors import ConfigError, PlanError
+from disco_jax.launch import barrier, share
 from disco_jax.layers import _DiscoLinear, disco_layers
 from disco_jax.mesh import AXIS, channel_spec, node_spec, replicate, shard_channels, shard_nodes
 from disco_jax.parallel import node_forward
-from disco_jax.plan import LayerPlan, Plan, check_plan_matches, compile_plan
+from disco_jax.plan import LayerPlan, Plan, check_plan_matches, compile_plan, plan_checksum
 
 
 class PlanArray(nnx.Variable):
@@ -167,22 +168,44 @@ class DistributedModel:
                  payload_dtype=None, output_rank: int = 2,
                  output_channels: int | None = None, split_input: bool = False):
         plan = compile_plan(model) if plan is None else plan
-        if mesh.shape.get(AXIS) != plan.nodes or len(mesh.shape) != 1:
-            raise ConfigError(f"the plan is for {plan.nodes} nodes but the mesh is "
-                              f"{dict(mesh.shape)}; build it with make_mesh({plan.nodes})")
-        self.mesh, self.plan = mesh, plan
-        self.graphdef, state = nnx.split(to_inference(model, plan, payload_dtype=payload_dtype))
-        self.state = shard_nodes(state, mesh)
+        _check_mesh(mesh, plan.nodes, "the plan is")
+        checksum = plan_checksum(plan) if jax.process_count() > 1 else ""
+        graphdef, state = nnx.split(to_inference(model, plan, payload_dtype=payload_dtype))
+        self._setup(graphdef, shard_nodes(state, mesh), mesh, plan.nodes, checksum,
+                    payload_dtype, output_rank, output_channels, split_input)
+        self.plan = plan
 
-        def body(state, x):
-            return nnx.merge(self.graphdef, state)(x)
+    @classmethod
+    def from_parts(cls, graphdef, state, mesh: Mesh, nodes: int, *, checksum: str,
+                   payload_dtype=None, output_rank: int = 2,
+                   output_channels: int | None = None,
+                   split_input: bool = False) -> DistributedModel:
+        """A model from an inference form already split (``nnx.split``) and
+        placed on ``mesh`` (each :class:`PlanArray` holding row n on node n),
+        whose plan has checksum ``checksum``: what
+        :func:`disco_jax.bundle.load_distributed` builds from per-node bundles.
+        ``plan`` is then None: no process holds the whole plan."""
+        _check_mesh(mesh, nodes, "the bundles are")
+        self = cls.__new__(cls)
+        self._setup(graphdef, state, mesh, nodes, checksum, payload_dtype, output_rank,
+                    output_channels, split_input)
+        self.plan = None
+        return self
 
+    def _setup(self, graphdef, state, mesh, nodes, checksum, payload_dtype, output_rank,
+               output_channels, split_input):
         for rank in jax.tree.leaves(output_rank):
             if not (isinstance(rank, int) and rank >= 1):
                 raise ConfigError(f"output_rank must be a positive int (or a structure of "
                                   f"them, one per output), got {output_rank!r}")
+        _check_nodes_agree(checksum, nodes, payload_dtype)
+        self.mesh, self.nodes, self.graphdef, self.state = mesh, nodes, graphdef, state
+
+        def body(state, x):
+            return nnx.merge(self.graphdef, state)(x)
+
         self.output_channels, self.split_input = output_channels, split_input
-        self._body, self._output_rank, self._fns = body, output_rank, {}
+        self._body, self._output_rank, self._fns, self._compiled = body, output_rank, {}, {}
 
     def _fn(self, ndim: int):
         if ndim not in self._fns:
@@ -196,14 +219,19 @@ class DistributedModel:
         """The arguments of the sharded function: the placed arrays and ``x``."""
         if not self.split_input:
             return self.state, replicate(x, self.mesh)
-        if np.shape(x)[-1] % self.plan.nodes:
+        if np.shape(x)[-1] % self.nodes:
             raise ConfigError(f"the input's {np.shape(x)[-1]} channels (shape "
-                              f"{tuple(np.shape(x))}) do not divide over {self.plan.nodes} "
+                              f"{tuple(np.shape(x))}) do not divide over {self.nodes} "
                               "nodes")
         return self.state, shard_channels(x, self.mesh)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.outputs(self._fn(np.ndim(x))(*self.inputs(x)))
+        if jax.process_count() == 1:
+            return self.outputs(self._fn(np.ndim(x))(*self.inputs(x)))
+        key = (np.shape(x), np.result_type(x).name)  # one process per node: meet first
+        if key not in self._compiled:
+            self._compiled[key] = self.compile(x)
+        return self.outputs(self._compiled[key](*self.inputs(x)))
 
     def outputs(self, y):
         """Drops the padding channels of padded outputs (after the sharded
@@ -218,6 +246,32 @@ class DistributedModel:
 
     def compile(self, x: jax.Array) -> jax.stages.Compiled:
         """The XLA executable for inputs shaped like ``x``; run it as
-        ``model.outputs(compiled(*model.inputs(x)))``."""
-        return self._fn(np.ndim(x)).lower(*self.inputs(x)).compile()
+        ``model.outputs(compiled(*model.inputs(x)))``.
+
+        With one process per node, every node waits here until all have
+        compiled (:func:`disco_jax.launch.barrier`): the program's first
+        collective then finds every node ready."""
+        compiled = self._fn(np.ndim(x)).lower(*self.inputs(x)).compile()
+        barrier("a compiled program's first run")
+        return compiled
+
+
+def _check_mesh(mesh: Mesh, nodes: int, what: str) -> None:
+    if mesh.shape.get(AXIS) != nodes or len(mesh.shape) != 1:
+        raise ConfigError(f"{what} for {nodes} nodes but the mesh is {dict(mesh.shape)}; "
+                          f"build it with make_mesh({nodes})")
+
+
+def _check_nodes_agree(checksum: str, nodes: int, payload_dtype) -> None:
+    """One process per node: before anything travels, every node must hold the
+    same plan, for the same mesh size and payload dtype."""
+    if jax.process_count() == 1:
+        return
+    payload = np.dtype(payload_dtype or np.float32).name
+    said = share("plan", f"plan {checksum[:16]}, {nodes} nodes, {payload} payloads")
+    if len(set(said)) > 1:
+        raise PlanError("the nodes do not run the same plan: "
+                        + "; ".join(f"node {node} has {value}" for node, value in enumerate(said))
+                        + ". Give every node the bundles (or the run) of one plan, exported "
+                        "together, and launch as many nodes as the plan has.")
 

@@ -20,6 +20,18 @@ processes' devices, in process order, and the same jitted ``shard_map``
 functions as on an emulated mesh run unchanged: jax's runtime carries the
 bytes (CPU collectives over gloo, NCCL on GPUs).
 
+Before the first collective of each compiled program the nodes meet at a
+barrier of jax's coordination service (:func:`barrier`, waiting up to
+``--barrier-timeout`` seconds), so that a node that compiles or loads more
+slowly does not run out gloo's own 30 s wait for the others; and the nodes
+check that they run the same plan on the same mesh (:func:`share`) before
+anything travels.
+
+Node 0 binds the coordinator to the address given, not to every interface.
+Nothing authenticates a node: whoever reaches the coordinator's port and the
+gloo ports can join or disturb a run. Run across machines on a trusted
+network or through a tunnel (WireGuard, an SSH tunnel).
+
 Faults end in bounded time: a collective whose peer has gone fails at once
 ("connection closed by peer"), and the coordination service declares a node
 dead after ``--heartbeat-timeout`` seconds without a heartbeat; a node then
@@ -32,6 +44,7 @@ not stopped by themselves ``--grace`` seconds later.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import runpy
@@ -45,6 +58,8 @@ import traceback
 
 HEARTBEAT_TIMEOUT_S = 10
 CONNECT_TIMEOUT_S = 60
+BARRIER_TIMEOUT_S = 600
+"""Seconds a node waits at :func:`barrier` for the others (``--barrier-timeout``)."""
 LINK_FAILURE = 3
 """A node's exit code when a collective failed because another node is gone."""
 
@@ -89,6 +104,7 @@ def initialize(coordinator: str, nodes: int, process_id: int, *,
     watchdog.start()
     try:
         jax.distributed.initialize(coordinator, nodes, process_id,
+                                   coordinator_bind_address=coordinator,  # not [::]
                                    initialization_timeout=connect_timeout + 60,
                                    heartbeat_timeout_seconds=heartbeat_timeout,
                                    shutdown_timeout_seconds=max(heartbeat_timeout, 10))
@@ -104,6 +120,73 @@ def initialize(coordinator: str, nodes: int, process_id: int, *,
                         "CUDA_VISIBLE_DEVICES.")
 
 
+_meetings = itertools.count()  # every node meets in the same order: the same numbers
+
+
+def _coordination_client():
+    from jax._src import distributed  # no public API offers its barrier and key-value store
+
+    return distributed.global_state.client
+
+
+def barrier(purpose: str, timeout_s: float | None = None) -> None:
+    """Waits until every node of the run has reached this point.
+
+    The wait goes through jax's coordination service, not a collective, so it
+    may last as long as one node needs (``timeout_s``, default
+    :data:`BARRIER_TIMEOUT_S`); every node must call it the same number of
+    times in the same order. With one process it does nothing.
+
+    Raises:
+      MeshError: not every node arrived in time, or one has stopped.
+    """
+    import jax
+
+    from disco_jax.errors import MeshError
+
+    if jax.process_count() == 1:
+        return
+    timeout = BARRIER_TIMEOUT_S if timeout_s is None else timeout_s
+    try:
+        _coordination_client().wait_at_barrier(f"disco_jax/{next(_meetings)}/{purpose}",
+                                                int(timeout * 1000))
+    except Exception as err:  # the runtime's own error types
+        raise MeshError(f"node {jax.process_index()}: not every node reached '{purpose}' "
+                        f"within {timeout:g} s ({_first_line(err)}). Another node has stopped "
+                        "or is still busy; if it is only slow, raise --barrier-timeout.") from None
+
+
+def share(purpose: str, value: str, timeout_s: float | None = None) -> list[str]:
+    """Every node's ``value``, in node order, through the coordination service.
+
+    Nodes use it to check that they agree (on a plan's checksum, the mesh
+    size) before anything travels between them. With one process it returns
+    ``[value]``. Every node must call it the same number of times in the same
+    order.
+
+    Raises:
+      MeshError: a node did not give its value in time.
+    """
+    import jax
+
+    from disco_jax.errors import MeshError
+
+    if jax.process_count() == 1:
+        return [value]
+    timeout = BARRIER_TIMEOUT_S if timeout_s is None else timeout_s
+    client, prefix = _coordination_client(), f"disco_jax/{next(_meetings)}/{purpose}"
+    client.key_value_set(f"{prefix}/{jax.process_index()}", value)
+    values = []
+    for node in range(jax.process_count()):
+        try:
+            values.append(client.blocking_key_value_get(f"{prefix}/{node}", int(timeout * 1000)))
+        except Exception as err:  # the runtime's own error types
+            raise MeshError(f"node {jax.process_index()}: node {node} did not say its "
+                            f"{purpose} within {timeout:g} s ({_first_line(err)}); it has "
+                            "stopped or is still busy.") from None
+    return values
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}"
@@ -117,15 +200,18 @@ def _is_link_failure(err: BaseException) -> bool:
 
 def run_node(coordinator: str, nodes: int, process_id: int, module: str, argv: list[str], *,
              heartbeat_timeout: int = HEARTBEAT_TIMEOUT_S,
-             connect_timeout: int = CONNECT_TIMEOUT_S) -> int:
+             connect_timeout: int = CONNECT_TIMEOUT_S,
+             barrier_timeout: float = BARRIER_TIMEOUT_S) -> int:
     """Runs ``module`` as ``__main__`` on node ``process_id``; returns its exit code.
 
     A failed collective (another node gone) or a DISCO error ends the process
     at once with a one-line message: waiting in jax's shutdown barrier for a
     node that is gone would only add a stack of runtime logs.
     """
+    global BARRIER_TIMEOUT_S
     from disco_jax.errors import DiscoError
 
+    BARRIER_TIMEOUT_S = barrier_timeout
     label = f"node {process_id}"
     try:
         initialize(coordinator, nodes, process_id, heartbeat_timeout=heartbeat_timeout,
@@ -192,7 +278,8 @@ def _relay(stream, prefix: str, out) -> None:
 def launch_local(nodes: int, module: str, argv: list[str], *, cpus: list[int] | None = None,
                  prefix: list[str] | None = None, address: str = "127.0.0.1",
                  heartbeat_timeout: int = HEARTBEAT_TIMEOUT_S,
-                 connect_timeout: int = CONNECT_TIMEOUT_S, grace: float | None = None,
+                 connect_timeout: int = CONNECT_TIMEOUT_S,
+                 barrier_timeout: float = BARRIER_TIMEOUT_S, grace: float | None = None,
                  env: dict | None = None, out=None) -> list[int]:
     """Starts ``nodes`` local node processes running ``module argv`` and waits for them.
 
@@ -201,6 +288,7 @@ def launch_local(nodes: int, module: str, argv: list[str], *, cpus: list[int] | 
       prefix: a command each node runs under (such as ``["ip", "netns",
         "exec", "disco"]``).
       address: where node 0 hosts the coordinator (127.0.0.1 by default).
+      barrier_timeout: seconds a node waits for the others at :func:`barrier`.
       grace: seconds the other nodes get to stop by themselves once one has
         failed (default: the heartbeat timeout + 20 s); then they are killed.
       env: extra environment variables for the nodes.
@@ -229,7 +317,8 @@ def launch_local(nodes: int, module: str, argv: list[str], *, cpus: list[int] | 
             command = [*(prefix or []), sys.executable, "-m", "disco_jax.launch",
                        "--nodes", str(nodes), "--coordinator", coordinator,
                        "--process-id", str(node), "--heartbeat-timeout", str(heartbeat_timeout),
-                       "--connect-timeout", str(connect_timeout), "--", module, *argv]
+                       "--connect-timeout", str(connect_timeout),
+                       "--barrier-timeout", str(barrier_timeout), "--", module, *argv]
             if cpus is not None:
                 command = ["taskset", "-c", str(cpus[node]), *command]
             proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -288,6 +377,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--connect-timeout", type=int, default=CONNECT_TIMEOUT_S,
                         help=f"seconds to wait for every node to join "
                              f"(default {CONNECT_TIMEOUT_S})")
+    parser.add_argument("--barrier-timeout", type=float, default=BARRIER_TIMEOUT_S,
+                        help=f"seconds a node waits for the others before a program's first "
+                             f"collective (default {BARRIER_TIMEOUT_S})")
     parser.add_argument("command", nargs=argparse.REMAINDER,
                         help="-- then the module to run and its arguments")
     args = parser.parse_args(argv)
@@ -297,6 +389,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.module, args.argv = command[0], command[1:]
     if args.nodes < 1:
         parser.error(f"--nodes must be a positive number of processes, got {args.nodes}")
+    if args.barrier_timeout <= 0:
+        parser.error(f"--barrier-timeout must be positive seconds, got {args.barrier_timeout:g}")
     if (args.coordinator is None) != (args.process_id is None):
         parser.error("--coordinator and --process-id go together (one node of a run across "
                      "machines); give neither to start all nodes here")
@@ -314,13 +408,15 @@ def main(argv=None) -> int:
     if args.coordinator is not None:
         return run_node(args.coordinator, args.nodes, args.process_id, args.module, args.argv,
                         heartbeat_timeout=args.heartbeat_timeout,
-                        connect_timeout=args.connect_timeout)
+                        connect_timeout=args.connect_timeout,
+                        barrier_timeout=args.barrier_timeout)
     from disco_jax.errors import DiscoError
 
     try:
         launch_local(args.nodes, args.module, args.argv, cpus=args.cpus,
                      heartbeat_timeout=args.heartbeat_timeout,
-                     connect_timeout=args.connect_timeout)
+                     connect_timeout=args.connect_timeout,
+                     barrier_timeout=args.barrier_timeout)
     except NodeFailure as err:
         print(f"disco_jax.launch: {err}", file=sys.stderr)
         return 1

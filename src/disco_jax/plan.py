@@ -71,7 +71,8 @@ class LayerPlan:
             if actual != shape:
                 raise PlanError(f"{self.name}: {field} has shape {actual}, the plan of "
                                 f"a {spec.describe()} layer with k={self.k} needs {shape}")
-        if self.send_idx.size and not (0 <= self.send_idx.min() and
+        values = isinstance(self.send_idx, np.ndarray)  # not while tracing a plan's shape
+        if values and self.send_idx.size and not (0 <= self.send_idx.min() and
                                        self.send_idx.max() < spec.group_in and
                                        np.all(np.diff(self.send_idx, axis=-1) > 0)):
             raise PlanError(f"{self.name}: send indices must be increasing and lie in "
@@ -194,6 +195,20 @@ def check_plan_matches(plan: Plan, model: nnx.Module) -> None:
 
 def _checksum(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def plan_checksum(plan: Plan) -> str:
+    """The plan's identity: SHA-256 over every layer's name, spec, k and arrays.
+
+    Two plans with the same checksum send the same channels and hold the same
+    weights; nodes compare it before they exchange anything.
+    """
+    entries = [{"name": name, "spec": dataclasses.asdict(layer.spec), "k": layer.k,
+                "arrays": {field: None if value is None else
+                           [list(value.shape), str(value.dtype), _checksum(value)]
+                           for field, value in layer.arrays().items()}}
+               for name, layer in plan.items()]
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
 
 
 def save_plan(plan: Plan, path: str | os.PathLike, *, overwrite: bool = False) -> Path:

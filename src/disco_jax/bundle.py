@@ -1,0 +1,309 @@
+"""Per-node deployment bundles: each node's part of a planned model, alone on disk.
+
+    from disco_jax import bundle
+    bundle.export_bundles(model, plan, "bundles/run", settings=settings)  # where it was trained
+    distributed = bundle.load_distributed("bundles/run", mesh, build)    # on every node
+
+:func:`export_bundles` writes one folder per node, ``node-0`` .. ``node-{N-1}``,
+each holding what that node needs and nothing of the other nodes' weights:
+
+- ``weights.npz``: the node's row of every array of the model's inference
+  form (:func:`~disco_jax.inference.to_inference`): its packed kernels, send
+  indices and send projections, its folded BatchNorms and LayerNorm
+  parameters, keyed by their path in the module tree
+  (``blocks/0/conv1/kernel``);
+- ``manifest.json``: which node it is, the mesh size, the payload dtype, the
+  plan's checksum (:func:`~disco_jax.plan.plan_checksum`, the same in every
+  node's bundle), the layers' specs and budgets k (from which the inference
+  form's structure is rebuilt without any weights), each array's shape, dtype
+  and SHA-256, and ``settings``: whatever the caller needs to build the
+  untrained network again (the experiments store the run's ``settings.json``).
+
+:func:`load_distributed` rebuilds the inference form's structure from
+``build`` (a function that returns the untrained network) under
+:func:`flax.nnx.eval_shape`, so no weights are made; it reads only the
+bundles of the nodes whose devices this process owns (its own one, with one
+process per node), checks them, places each row on its node and returns a
+:class:`~disco_jax.DistributedModel`. With one process per node the nodes
+compare plan checksums, mesh size and payload dtype before anything travels
+(:func:`disco_jax.launch.share`).
+
+The weights are plain ``.npz`` (read with numpy alone, checked against the
+manifest's SHA-256), so that a node needs neither orbax nor the training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from disco_jax.errors import DiscoError, PlanError
+from disco_jax.inference import DistributedModel, to_inference
+from disco_jax.layers import LayerSpec
+from disco_jax.mesh import AXIS, node_spec
+from disco_jax.plan import LayerPlan, Plan, plan_checksum
+
+FORMAT = "disco_jax.bundle"
+VERSION = 1
+MANIFEST, WEIGHTS = "manifest.json", "weights.npz"
+_FIELDS = ("send_idx", "kernel", "bias", "send_proj")
+
+
+def node_folder(root: str | os.PathLike, node: int) -> Path:
+    """The folder of node ``node``'s bundle under ``root``."""
+    return Path(root) / f"node-{node}"
+
+
+def _dtype_name(payload_dtype) -> str:
+    return np.dtype(payload_dtype or np.float32).name
+
+
+def _sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _leaf_name(path) -> str:
+    return "/".join(str(key.key) for key in path if isinstance(key, jax.tree_util.DictKey))
+
+
+def _layer_entries(plan: Plan) -> list[dict]:
+    return [{"name": name, "spec": dataclasses.asdict(layer.spec), "k": layer.k,
+             "arrays": {field: None if value is None else [list(value.shape), str(value.dtype)]
+                        for field, value in layer.arrays().items()}}
+            for name, layer in plan.items()]
+
+
+def export_bundles(model: nnx.Module, plan: Plan, out: str | os.PathLike, *,
+                   settings: dict | None = None, payload_dtype=None,
+                   overwrite: bool = False) -> list[Path]:
+    """Writes one bundle per node of ``model`` with ``plan`` into ``out``; returns the folders.
+
+    Arguments:
+      model: the trained model (training form, exact masks).
+      plan: its plan (checked against it).
+      out: the folder that receives ``node-0`` .. ``node-{N-1}``.
+      settings: JSON-able record of how to build the untrained network again
+        (kept in every manifest; :func:`load_distributed` hands it back).
+      payload_dtype: dtype the exchanged channels travel in (default float32).
+      overwrite: replace ``out`` if it exists.
+
+    The bundles are written to a temporary folder beside ``out`` and renamed
+    into place: an interrupted export leaves nothing half-written at ``out``.
+
+    Raises:
+      PlanError: ``out`` exists and ``overwrite`` is False, or ``plan`` does
+        not fit ``model``.
+    """
+    out = Path(out).absolute()
+    if out.exists() and not overwrite:
+        raise PlanError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
+    _, state = nnx.split(to_inference(model, plan, payload_dtype=payload_dtype))
+    arrays = {_leaf_name(path): np.asarray(leaf)
+              for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
+    nodes, checksum = plan.nodes, plan_checksum(plan)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for node in range(nodes):
+            folder = node_folder(tmp, node)
+            folder.mkdir()
+            rows = {name: np.ascontiguousarray(value[node]) for name, value in arrays.items()}
+            np.savez(folder / WEIGHTS, **rows)
+            manifest = {
+                "format": FORMAT, "version": VERSION, "node": node, "nodes": nodes,
+                "payload_dtype": _dtype_name(payload_dtype), "plan_checksum": checksum,
+                "settings": settings, "layers": _layer_entries(plan),
+                "arrays": {name: {"shape": list(row.shape), "dtype": str(row.dtype),
+                                  "sha256": _sha256(row)} for name, row in rows.items()},
+                "weights_bytes": int(sum(row.nbytes for row in rows.values())),
+            }
+            (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [node_folder(out, node) for node in range(nodes)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """One node's bundle, read and checked (:func:`read_bundle`)."""
+
+    folder: Path
+    node: int
+    nodes: int
+    payload_dtype: str
+    plan_checksum: str
+    settings: dict | None
+    layers: list[dict]
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def weights_bytes(self) -> int:
+        return int(sum(value.nbytes for value in self.arrays.values()))
+
+
+def read_manifest(folder: str | os.PathLike) -> dict:
+    """The manifest of the bundle in ``folder`` (nothing else is read).
+
+    Raises:
+      PlanError: no bundle there, or its manifest is damaged.
+    """
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise PlanError(f"no node bundle at {folder}: {MANIFEST} is missing. Write the bundles "
+                        "with python -m experiments.export --run RUN --out DIR (or "
+                        "disco_jax.bundle.export_bundles) and give each node its node-i folder.")
+    try:
+        manifest = json.loads(path.read_text())
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"format is {manifest.get('format')!r}, not {FORMAT!r}")
+        if manifest.get("version") != VERSION:
+            raise ValueError(f"version {manifest.get('version')!r}; this disco_jax reads "
+                             f"version {VERSION}")
+        for key in ("node", "nodes", "payload_dtype", "plan_checksum", "layers", "arrays"):
+            if key not in manifest:
+                raise KeyError(key)
+    except (ValueError, KeyError, TypeError) as err:
+        raise PlanError(f"{path} is damaged or not a disco_jax node bundle ({err}); export "
+                        "the bundles again") from None
+    return manifest
+
+
+def read_bundle(folder: str | os.PathLike, node: int | None = None) -> Bundle:
+    """Reads and checks the bundle in ``folder`` (the one node it belongs to).
+
+    Arguments:
+      node: the node this process is; the bundle must be that node's.
+
+    Raises:
+      PlanError: the bundle is another node's, a file is missing or damaged,
+        or an array does not match its checksum.
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if node is not None and manifest["node"] != node:
+        raise PlanError(f"{folder} holds node {manifest['node']}'s bundle, but this process is "
+                        f"node {node}: give each node its own folder (node-{node}).")
+    path = folder / WEIGHTS
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise PlanError(f"{path} cannot be read ({type(err).__name__}: {str(err)[:160]}); the "
+                        "bundle is damaged or incomplete: export it again") from None
+    expected = manifest["arrays"]
+    if set(arrays) != set(expected):
+        missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
+        raise PlanError(f"{path} does not hold the arrays its manifest lists (missing "
+                        f"{missing[:3]}, extra {extra[:3]}); export the bundle again")
+    for name, info in expected.items():
+        value = arrays[name]
+        if (list(value.shape) != info["shape"] or str(value.dtype) != info["dtype"]
+                or _sha256(value) != info["sha256"]):
+            raise PlanError(f"{path}: array {name} does not match its checksum in {MANIFEST} "
+                            "(the file was changed or damaged); export the bundle again")
+    return Bundle(folder, int(manifest["node"]), int(manifest["nodes"]),
+                  manifest["payload_dtype"], manifest["plan_checksum"], manifest.get("settings"),
+                  manifest["layers"], arrays)
+
+
+def _abstract_plan(layers: list[dict], arrays: dict) -> Plan:
+    plans = {}
+    for entry in layers:
+        name = entry["name"]
+        plans[name] = LayerPlan(name, LayerSpec(**entry["spec"]), int(entry["k"]),
+                                **{field: arrays[name].get(field) for field in _FIELDS})
+    return Plan(plans)
+
+
+def load_distributed(root: str | os.PathLike, mesh, build, *, payload_dtype=None,
+                     output_rank=2, output_channels=None,
+                     split_input: bool = False) -> DistributedModel:
+    """The model of the bundles under ``root``, on ``mesh``, from this process's bundles only.
+
+    Arguments:
+      root: the folder :func:`export_bundles` wrote (on a node's machine it
+        needs to hold only that node's ``node-i`` folder).
+      mesh: the 1-D mesh of the bundles' node count (:func:`disco_jax.make_mesh`).
+      build: ``() -> model``: the untrained network in training form (traced
+        only: no weights are made).
+      payload_dtype: if given, must be the bundles' (a plan is compiled for one).
+      output_rank, output_channels, split_input: as :class:`DistributedModel`.
+
+    Raises:
+      PlanError: a bundle is missing, damaged, another node's or another
+        plan's, or its payload dtype is not ``payload_dtype``; the nodes of a
+        run of one process per node hold bundles of different plans.
+      MeshError/ConfigError: the mesh does not have the bundles' node count.
+    """
+    here = [node for node, device in enumerate(mesh.devices.flat)
+            if device.process_index == jax.process_index()]
+    first = read_bundle(node_folder(root, here[0]), here[0])
+    nodes = mesh.shape.get(AXIS)
+    if first.nodes != nodes or len(mesh.shape) != 1:
+        raise PlanError(f"the bundles under {root} are for {first.nodes} nodes but the mesh is "
+                        f"{dict(mesh.shape)}; build it with make_mesh({first.nodes})")
+    bundles = {node: first if node == here[0] else read_bundle(node_folder(root, node), node)
+               for node in here}
+    for bundle in bundles.values():
+        if bundle.plan_checksum != first.plan_checksum:
+            raise PlanError(f"{bundle.folder} and {first.folder} are bundles of different plans "
+                            f"({bundle.plan_checksum[:16]} and {first.plan_checksum[:16]}); "
+                            "export the bundles of one plan together")
+    if payload_dtype is not None and _dtype_name(payload_dtype) != first.payload_dtype:
+        raise PlanError(f"the bundles under {root} send {first.payload_dtype} payloads, not "
+                        f"{_dtype_name(payload_dtype)}; export them again with that payload "
+                        "dtype, or load them without asking for another")
+    shapes = {entry["name"]: {field: None if shape is None else
+                              jax.ShapeDtypeStruct(tuple(shape[0]), np.dtype(shape[1]))
+                              for field, shape in entry["arrays"].items()}
+              for entry in first.layers}
+    dtype = None if first.payload_dtype == "float32" else first.payload_dtype
+
+    def structure(arrays):
+        model = build()
+        model.eval()
+        return to_inference(model, _abstract_plan(first.layers, arrays), payload_dtype=dtype)
+
+    try:
+        graphdef, abstract = nnx.split(nnx.eval_shape(structure, shapes))
+    except DiscoError as err:  # raised while tracing: drop jax's note on filtered frames
+        reason = str(err).split("\n--------------------")[0]
+        raise PlanError(f"the bundles under {root} do not fit the network that build() makes "
+                        f"(were they exported from another network?): {reason}") from None
+    sharding = NamedSharding(mesh, node_spec())
+    devices = list(mesh.devices.flat)
+
+    def place(path, leaf):
+        name = _leaf_name(path)
+        rows = []
+        for node, bundle in bundles.items():
+            row = bundle.arrays.get(name)
+            if row is None or row.shape != leaf.shape[1:] or row.dtype != leaf.dtype:
+                got = None if row is None else f"{row.dtype}{list(row.shape)}"
+                raise PlanError(f"{bundle.folder}: array {name} is {got}, the network that "
+                                f"build() makes needs {leaf.dtype}{list(leaf.shape[1:])}; the "
+                                "bundle was exported from another network")
+            rows.append(jax.device_put(row[None], devices[node]))
+        return jax.make_array_from_single_device_arrays(leaf.shape, sharding, rows)
+
+    state = jax.tree_util.tree_map_with_path(place, abstract)
+    return DistributedModel.from_parts(graphdef, state, mesh, nodes,
+                                       checksum=first.plan_checksum, payload_dtype=dtype,
+                                       output_rank=output_rank, output_channels=output_channels,
+                                       split_input=split_input)
