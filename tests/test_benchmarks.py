@@ -63,3 +63,32 @@ def test_a_bad_rate_is_refused(capsys):
     with pytest.raises(SystemExit):
         network.parse_args(["--rates", "100mb"])
     assert "like 100mbit" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_memory_benchmark_measures_every_node_from_its_own_bundle(tmp_path):
+    report_path = tmp_path / "memory.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory", "--model", "resnet18", "--image-size", "32",
+         "--nodes", "2", "--report", str(report_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    rows = {(r["form"], r["nodes"], r["node"]): r for r in report["rows"]}
+    assert set(rows) == {("single", 1, 0), ("dense_split", 2, 0), ("dense_split", 2, 1),
+                         ("disco", 2, 0), ("disco", 2, 1)}
+    single = rows["single", 1, 0]
+    for node in (0, 1):
+        dense, disco = rows["dense_split", 2, node], rows["disco", 2, node]
+        # the dense split halves the weights (the classifier's padding aside); DISCO keeps
+        # its own block and the weights of the channels it receives
+        assert dense["weights_device_bytes"] == pytest.approx(
+            single["weights_device_bytes"] / 2, rel=0.01)
+        assert disco["weights_device_bytes"] < 0.35 * single["weights_device_bytes"]
+    for row in rows.values():
+        assert row["weights_disk_bytes"] >= row["weights_device_bytes"]  # + the npz headers
+        assert row["peak_bytes"] > row["runtime_peak_bytes"] > 100 * 2**20  # jax's own
+        assert row["model_share_bytes"] == row["peak_bytes"] - row["runtime_peak_bytes"]
+        assert row["first_peak_bytes"] > 0
+    assert [t["met"] for t in report["targets"]][0] is True and len(report["targets"]) == 3
+    assert "deployed (program loaded, not compiled)" in done.stdout

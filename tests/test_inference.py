@@ -1,5 +1,6 @@
 """Whole-model inference: the same model definition, run on a mesh."""
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -53,7 +54,7 @@ def test_training_model_is_left_unchanged():
     before = jax.tree.map(np.asarray, nnx.state(model))
     to_inference(model)
     after = jax.tree.map(np.asarray, nnx.state(model))
-    jax.tree.map(np.testing.assert_array_equal, before, after)
+    chex.assert_trees_all_equal(before, after)
     assert isinstance(model.conv1, dj.DiscoConv)
 
 

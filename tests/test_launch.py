@@ -7,6 +7,7 @@ own, from the repository root.
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -76,6 +77,46 @@ def test_a_failing_module_is_named_with_its_node():
     assert re.search(r"disco_jax.launch: node [01] exited with code 1", done.stderr)
 
 
+def _listening(port: int) -> list[str]:
+    """The local addresses (hex, as /proc/net/tcp* writes them) listening on ``port``."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.rpartition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.append(address)
+    return found
+
+
+@pytest.mark.slow
+def test_the_coordinator_listens_on_the_given_address_only_and_shrugs_off_garbage():
+    """Node 0 binds the coordinator to 127.0.0.1 (not every interface), and a stray
+    connection that sends garbage to its port neither crashes nor hangs the run."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "disco_jax.launch", "--nodes", "2", "--", "disco_jax.linkcheck",
+         "--repeats", "3", "--seconds", "8"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline()
+        port = int(re.search(r"coordinator 127\.0\.0\.1:(\d+)", first).group(1))
+        deadline = time.monotonic() + 60
+        while not _listening(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        loopback = {"0100007F", "0000000000000000FFFF00000100007F"}  # 127.0.0.1, v4 or v6
+        assert _listening(port) and set(_listening(port)) <= loopback  # not 0.0.0.0 or [::]
+        for garbage in (b"\x00" * 64, b"GET / HTTP/1.1\r\n\r\n", bytes(range(256)) * 40):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as stray:
+                stray.sendall(garbage)
+        idle = socket.create_connection(("127.0.0.1", port), timeout=5)  # and one that lingers
+        output, _ = proc.communicate(timeout=120)
+        idle.close()
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, first + output[-3000:]
+    assert re.search(r"soak: \d+ exchanges in [\d.]+ s", output)
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--nodes", "2"], "give the module to run after --"),
     (["--nodes", "0", "--", "m"], "--nodes must be a positive number"),
@@ -83,6 +124,7 @@ def test_a_failing_module_is_named_with_its_node():
     (["--nodes", "2", "--coordinator", "h:1", "--process-id", "2", "--", "m"],
      "--process-id must be in 0 .. 1"),
     (["--nodes", "2", "--cpus", "0,x", "--", "m"], "--cpus takes comma-separated"),
+    (["--nodes", "2", "--barrier-timeout", "0", "--", "m"], "--barrier-timeout must be positive"),
 ])
 def test_bad_arguments_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):

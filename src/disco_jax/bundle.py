@@ -184,6 +184,53 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     return manifest
 
 
+class _Weights:
+    """A bundle's ``weights.npz``, open: its arrays read one at a time, each
+    checked against the manifest (so that a node never holds two copies of
+    its weights)."""
+
+    def __init__(self, folder: Path, manifest: dict):
+        self.path, self.expected = folder / WEIGHTS, manifest["arrays"]
+        try:
+            self.file = np.load(self.path, allow_pickle=False)
+            names = set(self.file.files)
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            raise self._unreadable(err) from None
+        if names != set(self.expected):
+            missing, extra = sorted(set(self.expected) - names), sorted(names - set(self.expected))
+            self.file.close()
+            raise PlanError(f"{self.path} does not hold the arrays its manifest lists (missing "
+                            f"{missing[:3]}, extra {extra[:3]}); export the bundle again")
+
+    def _unreadable(self, err: BaseException) -> PlanError:
+        return PlanError(f"{self.path} cannot be read ({type(err).__name__}: {str(err)[:160]}); "
+                         "the bundle is damaged or incomplete: export it again")
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            value = self.file[name]
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            raise self._unreadable(err) from None
+        info = self.expected[name]
+        if (list(value.shape) != info["shape"] or str(value.dtype) != info["dtype"]
+                or _sha256(value) != info["sha256"]):
+            raise PlanError(f"{self.path}: array {name} does not match its checksum in "
+                            f"{MANIFEST} (the file was changed or damaged); export the bundle "
+                            "again")
+        return value
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _own_manifest(folder: Path, node: int | None) -> dict:
+    manifest = read_manifest(folder)
+    if node is not None and manifest["node"] != node:
+        raise PlanError(f"{folder} holds node {manifest['node']}'s bundle, but this process is "
+                        f"node {node}: give each node its own folder (node-{node}).")
+    return manifest
+
+
 def read_bundle(folder: str | os.PathLike, node: int | None = None) -> Bundle:
     """Reads and checks the bundle in ``folder`` (the one node it belongs to).
 
@@ -195,28 +242,12 @@ def read_bundle(folder: str | os.PathLike, node: int | None = None) -> Bundle:
         or an array does not match its checksum.
     """
     folder = Path(folder)
-    manifest = read_manifest(folder)
-    if node is not None and manifest["node"] != node:
-        raise PlanError(f"{folder} holds node {manifest['node']}'s bundle, but this process is "
-                        f"node {node}: give each node its own folder (node-{node}).")
-    path = folder / WEIGHTS
+    manifest = _own_manifest(folder, node)
+    weights = _Weights(folder, manifest)
     try:
-        with np.load(path, allow_pickle=False) as stored:
-            arrays = {name: stored[name] for name in stored.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise PlanError(f"{path} cannot be read ({type(err).__name__}: {str(err)[:160]}); the "
-                        "bundle is damaged or incomplete: export it again") from None
-    expected = manifest["arrays"]
-    if set(arrays) != set(expected):
-        missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
-        raise PlanError(f"{path} does not hold the arrays its manifest lists (missing "
-                        f"{missing[:3]}, extra {extra[:3]}); export the bundle again")
-    for name, info in expected.items():
-        value = arrays[name]
-        if (list(value.shape) != info["shape"] or str(value.dtype) != info["dtype"]
-                or _sha256(value) != info["sha256"]):
-            raise PlanError(f"{path}: array {name} does not match its checksum in {MANIFEST} "
-                            "(the file was changed or damaged); export the bundle again")
+        arrays = {name: weights[name] for name in manifest["arrays"]}
+    finally:
+        weights.close()
     return Bundle(folder, int(manifest["node"]), int(manifest["nodes"]),
                   manifest["payload_dtype"], manifest["plan_checksum"], manifest.get("settings"),
                   manifest["layers"], arrays)
@@ -232,8 +263,8 @@ def _abstract_plan(layers: list[dict], arrays: dict) -> Plan:
 
 
 def load_distributed(root: str | os.PathLike, mesh, build, *, payload_dtype=None,
-                     output_rank=2, output_channels=None,
-                     split_input: bool = False) -> DistributedModel:
+                     output_rank=2, output_channels=None, split_input: bool = False,
+                     program_cache: str | os.PathLike | None = None) -> DistributedModel:
     """The model of the bundles under ``root``, on ``mesh``, from this process's bundles only.
 
     Arguments:
@@ -243,7 +274,8 @@ def load_distributed(root: str | os.PathLike, mesh, build, *, payload_dtype=None
       build: ``() -> model``: the untrained network in training form (traced
         only: no weights are made).
       payload_dtype: if given, must be the bundles' (a plan is compiled for one).
-      output_rank, output_channels, split_input: as :class:`DistributedModel`.
+      output_rank, output_channels, split_input, program_cache: as
+        :class:`DistributedModel`.
 
     Raises:
       PlanError: a bundle is missing, damaged, another node's or another
@@ -253,32 +285,35 @@ def load_distributed(root: str | os.PathLike, mesh, build, *, payload_dtype=None
     """
     here = [node for node, device in enumerate(mesh.devices.flat)
             if device.process_index == jax.process_index()]
-    first = read_bundle(node_folder(root, here[0]), here[0])
+    folders = {node: node_folder(root, node) for node in here}
+    manifests = {node: _own_manifest(folders[here[0]], here[0]) for node in here[:1]}
+    first = manifests[here[0]]
     nodes = mesh.shape.get(AXIS)
-    if first.nodes != nodes or len(mesh.shape) != 1:
-        raise PlanError(f"the bundles under {root} are for {first.nodes} nodes but the mesh is "
-                        f"{dict(mesh.shape)}; build it with make_mesh({first.nodes})")
-    bundles = {node: first if node == here[0] else read_bundle(node_folder(root, node), node)
-               for node in here}
-    for bundle in bundles.values():
-        if bundle.plan_checksum != first.plan_checksum:
-            raise PlanError(f"{bundle.folder} and {first.folder} are bundles of different plans "
-                            f"({bundle.plan_checksum[:16]} and {first.plan_checksum[:16]}); "
-                            "export the bundles of one plan together")
-    if payload_dtype is not None and _dtype_name(payload_dtype) != first.payload_dtype:
-        raise PlanError(f"the bundles under {root} send {first.payload_dtype} payloads, not "
+    if first["nodes"] != nodes or len(mesh.shape) != 1:
+        raise PlanError(f"the bundles under {root} are for {first['nodes']} nodes but the mesh "
+                        f"is {dict(mesh.shape)}; build it with make_mesh({first['nodes']})")
+    for node in here[1:]:
+        manifests[node] = _own_manifest(folders[node], node)
+        if manifests[node]["plan_checksum"] != first["plan_checksum"]:
+            raise PlanError(f"{folders[node]} and {folders[here[0]]} are bundles of different "
+                            f"plans ({manifests[node]['plan_checksum'][:16]} and "
+                            f"{first['plan_checksum'][:16]}); export the bundles of one plan "
+                            "together")
+    if payload_dtype is not None and _dtype_name(payload_dtype) != first["payload_dtype"]:
+        raise PlanError(f"the bundles under {root} send {first['payload_dtype']} payloads, not "
                         f"{_dtype_name(payload_dtype)}; export them again with that payload "
                         "dtype, or load them without asking for another")
     shapes = {entry["name"]: {field: None if shape is None else
                               jax.ShapeDtypeStruct(tuple(shape[0]), np.dtype(shape[1]))
                               for field, shape in entry["arrays"].items()}
-              for entry in first.layers}
-    dtype = None if first.payload_dtype == "float32" else first.payload_dtype
+              for entry in first["layers"]}
+    dtype = None if first["payload_dtype"] == "float32" else first["payload_dtype"]
 
     def structure(arrays):
         model = build()
         model.eval()
-        return to_inference(model, _abstract_plan(first.layers, arrays), payload_dtype=dtype)
+        return to_inference(model, _abstract_plan(first["layers"], arrays),
+                            payload_dtype=dtype)
 
     try:
         graphdef, abstract = nnx.split(nnx.eval_shape(structure, shapes))
@@ -288,22 +323,35 @@ def load_distributed(root: str | os.PathLike, mesh, build, *, payload_dtype=None
                         f"(were they exported from another network?): {reason}") from None
     sharding = NamedSharding(mesh, node_spec())
     devices = list(mesh.devices.flat)
+    names = {_leaf_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+    weights = {}
+    try:
+        for node in here:
+            weights[node] = _Weights(folders[node], manifests[node])
+            if set(weights[node].expected) != names:
+                missing = sorted(names - set(weights[node].expected))
+                extra = sorted(set(weights[node].expected) - names)
+                raise PlanError(f"{folders[node]} does not hold the arrays the network that "
+                                f"build() makes needs (missing {missing[:3]}, extra {extra[:3]}); "
+                                "the bundle was exported from another network")
 
-    def place(path, leaf):
-        name = _leaf_name(path)
-        rows = []
-        for node, bundle in bundles.items():
-            row = bundle.arrays.get(name)
-            if row is None or row.shape != leaf.shape[1:] or row.dtype != leaf.dtype:
-                got = None if row is None else f"{row.dtype}{list(row.shape)}"
-                raise PlanError(f"{bundle.folder}: array {name} is {got}, the network that "
-                                f"build() makes needs {leaf.dtype}{list(leaf.shape[1:])}; the "
-                                "bundle was exported from another network")
-            rows.append(jax.device_put(row[None], devices[node]))
-        return jax.make_array_from_single_device_arrays(leaf.shape, sharding, rows)
+        def place(path, leaf):  # one array at a time, straight onto its node's device
+            rows = []
+            for node in here:
+                row = weights[node][_leaf_name(path)]
+                if row.shape != leaf.shape[1:] or row.dtype != leaf.dtype:
+                    raise PlanError(f"{folders[node]}: array {_leaf_name(path)} is "
+                                    f"{row.dtype}{list(row.shape)}, the network that build() "
+                                    f"makes needs {leaf.dtype}{list(leaf.shape[1:])}; the bundle "
+                                    "was exported from another network")
+                rows.append(jax.device_put(row[None], devices[node]))
+            return jax.make_array_from_single_device_arrays(leaf.shape, sharding, rows)
 
-    state = jax.tree_util.tree_map_with_path(place, abstract)
+        state = jax.tree_util.tree_map_with_path(place, abstract)
+    finally:
+        for opened in weights.values():
+            opened.close()
     return DistributedModel.from_parts(graphdef, state, mesh, nodes,
-                                       checksum=first.plan_checksum, payload_dtype=dtype,
+                                       checksum=first["plan_checksum"], payload_dtype=dtype,
                                        output_rank=output_rank, output_channels=output_channels,
-                                       split_input=split_input)
+                                       split_input=split_input, program_cache=program_cache)

@@ -21,18 +21,21 @@ one node's channels, and only the planned channels cross the wire.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 
+from disco_jax.coordination import barrier, share
 from disco_jax.errors import ConfigError, PlanError
-from disco_jax.launch import barrier, share
 from disco_jax.layers import _DiscoLinear, disco_layers
 from disco_jax.mesh import AXIS, channel_spec, node_spec, replicate, shard_channels, shard_nodes
 from disco_jax.parallel import node_forward
 from disco_jax.plan import LayerPlan, Plan, check_plan_matches, compile_plan, plan_checksum
+from disco_jax.programs import load_or_compile
 
 
 class PlanArray(nnx.Variable):
@@ -153,6 +156,9 @@ class DistributedModel:
         output (a classifier padded to a multiple of N;
         ``model.num_classes``), or the outputs' structure of such counts
         (None in it: keep all).
+      program_cache: a folder that keeps the compiled programs
+        (:mod:`disco_jax.programs`): a later run loads them instead of
+        compiling (default: compile every time).
       split_input: False (default): the model's input is the network input,
         given to every node whole. True: it is an activation split over
         nodes by channel like any other (a block or a part of a network,
@@ -166,20 +172,21 @@ class DistributedModel:
 
     def __init__(self, model: nnx.Module, mesh: Mesh, plan: Plan | None = None, *,
                  payload_dtype=None, output_rank: int = 2,
-                 output_channels: int | None = None, split_input: bool = False):
+                 output_channels: int | None = None, split_input: bool = False,
+                 program_cache: str | os.PathLike | None = None):
         plan = compile_plan(model) if plan is None else plan
         _check_mesh(mesh, plan.nodes, "the plan is")
         checksum = plan_checksum(plan) if jax.process_count() > 1 else ""
         graphdef, state = nnx.split(to_inference(model, plan, payload_dtype=payload_dtype))
         self._setup(graphdef, shard_nodes(state, mesh), mesh, plan.nodes, checksum,
-                    payload_dtype, output_rank, output_channels, split_input)
+                    payload_dtype, output_rank, output_channels, split_input, program_cache)
         self.plan = plan
 
     @classmethod
     def from_parts(cls, graphdef, state, mesh: Mesh, nodes: int, *, checksum: str,
                    payload_dtype=None, output_rank: int = 2,
-                   output_channels: int | None = None,
-                   split_input: bool = False) -> DistributedModel:
+                   output_channels: int | None = None, split_input: bool = False,
+                   program_cache: str | os.PathLike | None = None) -> DistributedModel:
         """A model from an inference form already split (``nnx.split``) and
         placed on ``mesh`` (each :class:`PlanArray` holding row n on node n),
         whose plan has checksum ``checksum``: what
@@ -188,12 +195,12 @@ class DistributedModel:
         _check_mesh(mesh, nodes, "the bundles are")
         self = cls.__new__(cls)
         self._setup(graphdef, state, mesh, nodes, checksum, payload_dtype, output_rank,
-                    output_channels, split_input)
+                    output_channels, split_input, program_cache)
         self.plan = None
         return self
 
     def _setup(self, graphdef, state, mesh, nodes, checksum, payload_dtype, output_rank,
-               output_channels, split_input):
+               output_channels, split_input, program_cache):
         for rank in jax.tree.leaves(output_rank):
             if not (isinstance(rank, int) and rank >= 1):
                 raise ConfigError(f"output_rank must be a positive int (or a structure of "
@@ -205,6 +212,7 @@ class DistributedModel:
             return nnx.merge(self.graphdef, state)(x)
 
         self.output_channels, self.split_input = output_channels, split_input
+        self.program_cache = program_cache
         self._body, self._output_rank, self._fns, self._compiled = body, output_rank, {}, {}
 
     def _fn(self, ndim: int):
@@ -226,7 +234,7 @@ class DistributedModel:
         return self.state, shard_channels(x, self.mesh)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if jax.process_count() == 1:
+        if jax.process_count() == 1 and self.program_cache is None:
             return self.outputs(self._fn(np.ndim(x))(*self.inputs(x)))
         key = (np.shape(x), np.result_type(x).name)  # one process per node: meet first
         if key not in self._compiled:
@@ -251,7 +259,8 @@ class DistributedModel:
         With one process per node, every node waits here until all have
         compiled (:func:`disco_jax.launch.barrier`): the program's first
         collective then finds every node ready."""
-        compiled = self._fn(np.ndim(x)).lower(*self.inputs(x)).compile()
+        compiled = load_or_compile(self._fn(np.ndim(x)).lower(*self.inputs(x)),
+                                   self.program_cache, list(self.mesh.devices.flat))
         barrier("a compiled program's first run")
         return compiled
 

@@ -21,10 +21,12 @@ functions as on an emulated mesh run unchanged: jax's runtime carries the
 bytes (CPU collectives over gloo, NCCL on GPUs).
 
 Before the first collective of each compiled program the nodes meet at a
-barrier of jax's coordination service (:func:`barrier`, waiting up to
+barrier of jax's coordination service
+(:func:`disco_jax.coordination.barrier`, waiting up to
 ``--barrier-timeout`` seconds), so that a node that compiles or loads more
 slowly does not run out gloo's own 30 s wait for the others; and the nodes
-check that they run the same plan on the same mesh (:func:`share`) before
+check that they run the same plan on the same mesh
+(:func:`disco_jax.coordination.share`) before
 anything travels.
 
 Node 0 binds the coordinator to the address given, not to every interface.
@@ -44,7 +46,6 @@ not stopped by themselves ``--grace`` seconds later.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import re
 import runpy
@@ -56,10 +57,13 @@ import threading
 import time
 import traceback
 
+from disco_jax.coordination import TIMEOUT_S, TIMEOUT_VARIABLE
+
 HEARTBEAT_TIMEOUT_S = 10
 CONNECT_TIMEOUT_S = 60
-BARRIER_TIMEOUT_S = 600
-"""Seconds a node waits at :func:`barrier` for the others (``--barrier-timeout``)."""
+BARRIER_TIMEOUT_S = TIMEOUT_S
+"""Seconds a node waits for the others before a program's first collective
+(``--barrier-timeout``; :func:`disco_jax.coordination.barrier`)."""
 LINK_FAILURE = 3
 """A node's exit code when a collective failed because another node is gone."""
 
@@ -120,73 +124,6 @@ def initialize(coordinator: str, nodes: int, process_id: int, *,
                         "CUDA_VISIBLE_DEVICES.")
 
 
-_meetings = itertools.count()  # every node meets in the same order: the same numbers
-
-
-def _coordination_client():
-    from jax._src import distributed  # no public API offers its barrier and key-value store
-
-    return distributed.global_state.client
-
-
-def barrier(purpose: str, timeout_s: float | None = None) -> None:
-    """Waits until every node of the run has reached this point.
-
-    The wait goes through jax's coordination service, not a collective, so it
-    may last as long as one node needs (``timeout_s``, default
-    :data:`BARRIER_TIMEOUT_S`); every node must call it the same number of
-    times in the same order. With one process it does nothing.
-
-    Raises:
-      MeshError: not every node arrived in time, or one has stopped.
-    """
-    import jax
-
-    from disco_jax.errors import MeshError
-
-    if jax.process_count() == 1:
-        return
-    timeout = BARRIER_TIMEOUT_S if timeout_s is None else timeout_s
-    try:
-        _coordination_client().wait_at_barrier(f"disco_jax/{next(_meetings)}/{purpose}",
-                                                int(timeout * 1000))
-    except Exception as err:  # the runtime's own error types
-        raise MeshError(f"node {jax.process_index()}: not every node reached '{purpose}' "
-                        f"within {timeout:g} s ({_first_line(err)}). Another node has stopped "
-                        "or is still busy; if it is only slow, raise --barrier-timeout.") from None
-
-
-def share(purpose: str, value: str, timeout_s: float | None = None) -> list[str]:
-    """Every node's ``value``, in node order, through the coordination service.
-
-    Nodes use it to check that they agree (on a plan's checksum, the mesh
-    size) before anything travels between them. With one process it returns
-    ``[value]``. Every node must call it the same number of times in the same
-    order.
-
-    Raises:
-      MeshError: a node did not give its value in time.
-    """
-    import jax
-
-    from disco_jax.errors import MeshError
-
-    if jax.process_count() == 1:
-        return [value]
-    timeout = BARRIER_TIMEOUT_S if timeout_s is None else timeout_s
-    client, prefix = _coordination_client(), f"disco_jax/{next(_meetings)}/{purpose}"
-    client.key_value_set(f"{prefix}/{jax.process_index()}", value)
-    values = []
-    for node in range(jax.process_count()):
-        try:
-            values.append(client.blocking_key_value_get(f"{prefix}/{node}", int(timeout * 1000)))
-        except Exception as err:  # the runtime's own error types
-            raise MeshError(f"node {jax.process_index()}: node {node} did not say its "
-                            f"{purpose} within {timeout:g} s ({_first_line(err)}); it has "
-                            "stopped or is still busy.") from None
-    return values
-
-
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}"
@@ -208,10 +145,9 @@ def run_node(coordinator: str, nodes: int, process_id: int, module: str, argv: l
     at once with a one-line message: waiting in jax's shutdown barrier for a
     node that is gone would only add a stack of runtime logs.
     """
-    global BARRIER_TIMEOUT_S
     from disco_jax.errors import DiscoError
 
-    BARRIER_TIMEOUT_S = barrier_timeout
+    os.environ[TIMEOUT_VARIABLE] = str(barrier_timeout)
     label = f"node {process_id}"
     try:
         initialize(coordinator, nodes, process_id, heartbeat_timeout=heartbeat_timeout,

@@ -55,7 +55,7 @@ def measure(mesh, size: int, repeats: int) -> list[float]:
     """Seconds of each of ``repeats`` exchanges of ``size`` bytes per node."""
     import numpy as np
 
-    from disco_jax.launch import barrier
+    from disco_jax.coordination import barrier
     from disco_jax.mesh import AXIS, shard_nodes
 
     x = shard_nodes(np.ones((mesh.shape[AXIS], max(size // 4, 1)), np.float32), mesh)
@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     import disco_jax as dj
+    from disco_jax.coordination import share
     from disco_jax.mesh import shard_nodes
 
     dj.ensure_host_devices(args.mesh)
@@ -85,9 +86,10 @@ def main(argv=None) -> int:
     if talk:
         print(f"{nodes} nodes, {jax.process_count()} process(es), {jax.devices()[0].platform}; "
               "median of one ring exchange (every node sends to the next)", flush=True)
+    medians = {}
     for size in args.sizes:
         times = measure(mesh, size, args.repeats)
-        median = float(np.median(times))
+        median = medians[size] = float(np.median(times))
         if talk:
             print(f"  {size:>12,} B per node   {1e3 * median:9.3f} ms   "
                   f"{size / median / 1e6:9.2f} MB/s per node   "
@@ -95,14 +97,16 @@ def main(argv=None) -> int:
     if args.seconds > 0:
         x = shard_nodes(np.ones((nodes, max(args.sizes) // 4), np.float32), mesh)
         fn = exchange_fn(mesh).lower(x).compile()
-        end, rounds = time.monotonic() + args.seconds, 0
-        while time.monotonic() < end:
+        # every node must make the same number of exchanges: node 0's count, from its timing
+        rounds = max(1, int(args.seconds / medians[max(args.sizes)]))
+        rounds = int(share("soak rounds", str(rounds))[0])
+        began = time.monotonic()
+        for done in range(1, rounds + 1):
             x = fn(x).block_until_ready()
-            rounds += 1
-            if talk and rounds % 100 == 0:
-                print(f"  {rounds} exchanges", flush=True)
+            if talk and done % 100 == 0:
+                print(f"  {done} exchanges", flush=True)
         if talk:
-            print(f"  soak: {rounds} exchanges in {args.seconds:g} s", flush=True)
+            print(f"  soak: {rounds} exchanges in {time.monotonic() - began:.1f} s", flush=True)
     return 0
 
 
