@@ -52,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="with --run: which trained variant (default learned = DISCO)")
     parser.add_argument("--images", type=int, default=10000, help="test images (default all)")
     parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--program-cache", type=Path,
+                        help="keep the compiled program in this folder (the node's own); a "
+                             "later run loads it instead of compiling")
     parser.add_argument("--predictions", type=Path,
                         help="write logits and labels here (.npz), from node 0")
     args = parser.parse_args(argv)
@@ -90,7 +93,8 @@ def _from_run(args):
     def build(mesh):
         model, plan, dataset, _, task = load_run(args.run, args.variant)
         return dj.DistributedModel(model, mesh, plan, output_rank=task.output_rank,
-                                   output_channels=task.output_channels), dataset, task
+                                   output_channels=task.output_channels,
+                                   program_cache=args.program_cache), dataset, task
 
     return nodes, build
 
@@ -116,7 +120,8 @@ def _from_bundles(args):
         task = network.task_of(dataset)
         distributed = bundle.load_distributed(
             args.bundles, mesh, lambda: build_model(settings, dataset),
-            output_rank=task.output_rank, output_channels=task.output_channels)
+            output_rank=task.output_rank, output_channels=task.output_channels,
+            program_cache=args.program_cache)
         return distributed, dataset, task
 
     return manifest["nodes"], build

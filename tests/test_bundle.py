@@ -149,3 +149,19 @@ def test_an_export_never_leaves_anything_half_written(tmp_path, bundles, monkeyp
     with pytest.raises(OSError, match="disk full"):
         bundle.export_bundles(model, dj.compile_plan(model), tmp_path / "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_a_bfloat16_payload_is_part_of_the_bundle(tmp_path):
+    model = TinyNet(2, 2)
+    model.eval()
+    mesh = dj.make_mesh(2)
+    x = jax.random.normal(jax.random.key(0), (3, 12, 12, 1))
+    expected = _mesh_output(dj.DistributedModel(model, mesh, payload_dtype=jnp.bfloat16), x)
+    bundle.export_bundles(model, dj.compile_plan(model), tmp_path / "b",
+                          payload_dtype=jnp.bfloat16)
+    assert bundle.read_manifest(tmp_path / "b" / "node-1")["payload_dtype"] == "bfloat16"
+    loaded = bundle.load_distributed(tmp_path / "b", mesh, lambda: TinyNet(2, 2))
+    chex.assert_trees_all_equal(_mesh_output(loaded, x), expected)
+    with pytest.raises(dj.PlanError, match="send bfloat16 payloads, not float32"):
+        bundle.load_distributed(tmp_path / "b", mesh, lambda: TinyNet(2, 2),
+                                payload_dtype=jnp.float32)

@@ -26,7 +26,7 @@ bundles of the nodes whose devices this process owns (its own one, with one
 process per node), checks them, places each row on its node and returns a
 :class:`~disco_jax.DistributedModel`. With one process per node the nodes
 compare plan checksums, mesh size and payload dtype before anything travels
-(:func:`disco_jax.launch.share`).
+(:func:`disco_jax.coordination.share`).
 
 The weights are plain ``.npz`` (read with numpy alone, checked against the
 manifest's SHA-256), so that a node needs neither orbax nor the training run.
@@ -44,6 +44,7 @@ import zipfile
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
@@ -66,7 +67,7 @@ def node_folder(root: str | os.PathLike, node: int) -> Path:
 
 
 def _dtype_name(payload_dtype) -> str:
-    return np.dtype(payload_dtype or np.float32).name
+    return jnp.dtype(payload_dtype or jnp.float32).name
 
 
 def _sha256(array: np.ndarray) -> str:
@@ -279,15 +280,16 @@ def load_distributed(root: str | os.PathLike, mesh, build, *, payload_dtype=None
 
     Raises:
       PlanError: a bundle is missing, damaged, another node's or another
-        plan's, or its payload dtype is not ``payload_dtype``; the nodes of a
-        run of one process per node hold bundles of different plans.
-      MeshError/ConfigError: the mesh does not have the bundles' node count.
+        plan's, made for another node count than the mesh's or from another
+        network than ``build``'s, or its payload dtype is not
+        ``payload_dtype``; the nodes of a run of one process per node hold
+        bundles of different plans.
     """
     here = [node for node, device in enumerate(mesh.devices.flat)
             if device.process_index == jax.process_index()]
     folders = {node: node_folder(root, node) for node in here}
-    manifests = {node: _own_manifest(folders[here[0]], here[0]) for node in here[:1]}
-    first = manifests[here[0]]
+    first = _own_manifest(folders[here[0]], here[0])
+    manifests = {here[0]: first}
     nodes = mesh.shape.get(AXIS)
     if first["nodes"] != nodes or len(mesh.shape) != 1:
         raise PlanError(f"the bundles under {root} are for {first['nodes']} nodes but the mesh "

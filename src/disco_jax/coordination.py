@@ -23,7 +23,8 @@ def _timeout() -> float:
     return float(os.environ.get(TIMEOUT_VARIABLE, TIMEOUT_S))
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """``Type: the first line of the message`` of a runtime error, for one-line reports."""
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
@@ -61,7 +62,7 @@ def barrier(purpose: str, timeout_s: float | None = None) -> None:
                                   int(timeout * 1000))
     except Exception as err:  # the runtime's own error types
         raise MeshError(f"node {jax.process_index()}: not every node reached '{purpose}' "
-                        f"within {timeout:g} s ({_first_line(err)}). Another node has stopped "
+                        f"within {timeout:g} s ({first_line(err)}). Another node has stopped "
                         "or is still busy; if it is only slow, raise --barrier-timeout.") from None
 
 
@@ -91,6 +92,6 @@ def share(purpose: str, value: str, timeout_s: float | None = None) -> list[str]
             values.append(client.blocking_key_value_get(f"{prefix}/{node}", int(timeout * 1000)))
         except Exception as err:  # the runtime's own error types
             raise MeshError(f"node {jax.process_index()}: node {node} did not say its "
-                            f"{purpose} within {timeout:g} s ({_first_line(err)}); it has "
+                            f"{purpose} within {timeout:g} s ({first_line(err)}); it has "
                             "stopped or is still busy.") from None
     return values

@@ -236,7 +236,7 @@ class DistributedModel:
     def __call__(self, x: jax.Array) -> jax.Array:
         if jax.process_count() == 1 and self.program_cache is None:
             return self.outputs(self._fn(np.ndim(x))(*self.inputs(x)))
-        key = (np.shape(x), np.result_type(x).name)  # one process per node: meet first
+        key = (np.shape(x), np.result_type(x).name)  # via compile(): kept, nodes meet
         if key not in self._compiled:
             self._compiled[key] = self.compile(x)
         return self.outputs(self._compiled[key](*self.inputs(x)))
@@ -257,7 +257,7 @@ class DistributedModel:
         ``model.outputs(compiled(*model.inputs(x)))``.
 
         With one process per node, every node waits here until all have
-        compiled (:func:`disco_jax.launch.barrier`): the program's first
+        compiled (:func:`disco_jax.coordination.barrier`): the program's first
         collective then finds every node ready."""
         compiled = load_or_compile(self._fn(np.ndim(x)).lower(*self.inputs(x)),
                                    self.program_cache, list(self.mesh.devices.flat))
@@ -276,7 +276,7 @@ def _check_nodes_agree(checksum: str, nodes: int, payload_dtype) -> None:
     same plan, for the same mesh size and payload dtype."""
     if jax.process_count() == 1:
         return
-    payload = np.dtype(payload_dtype or np.float32).name
+    payload = jnp.dtype(payload_dtype or jnp.float32).name
     said = share("plan", f"plan {checksum[:16]}, {nodes} nodes, {payload} payloads")
     if len(set(said)) > 1:
         raise PlanError("the nodes do not run the same plan: "

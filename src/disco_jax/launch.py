@@ -57,7 +57,7 @@ import threading
 import time
 import traceback
 
-from disco_jax.coordination import TIMEOUT_S, TIMEOUT_VARIABLE
+from disco_jax.coordination import TIMEOUT_S, TIMEOUT_VARIABLE, first_line
 
 HEARTBEAT_TIMEOUT_S = 10
 CONNECT_TIMEOUT_S = 60
@@ -114,7 +114,7 @@ def initialize(coordinator: str, nodes: int, process_id: int, *,
                                    shutdown_timeout_seconds=max(heartbeat_timeout, 10))
     except Exception as err:  # jax raises its runtime's own error types here
         raise MeshError(f"node {process_id} of {nodes} could not join the run at "
-                        f"{coordinator} ({_first_line(err)}). {advice}") from None
+                        f"{coordinator} ({first_line(err)}). {advice}") from None
     finally:
         watchdog.cancel()
     local = jax.local_devices()
@@ -122,11 +122,6 @@ def initialize(coordinator: str, nodes: int, process_id: int, *,
         raise MeshError(f"node {process_id} sees {len(local)} local devices ({local}); a node "
                         "must own exactly one. On GPUs, give each process one device with "
                         "CUDA_VISIBLE_DEVICES.")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
 def _is_link_failure(err: BaseException) -> bool:
@@ -171,13 +166,13 @@ def run_node(coordinator: str, nodes: int, process_id: int, module: str, argv: l
                 hint = (" gloo connects to the address each machine's hostname resolves to: "
                         "check that `getent hosts $(hostname)` gives an address the other "
                         "nodes reach, not 127.0.x.x.")
-            print(f"{label}: error: a collective with another node failed ({_first_line(err)}); "
+            print(f"{label}: error: a collective with another node failed ({first_line(err)}); "
                   f"another node has stopped or cannot be reached.{hint} Stopping.",
                   file=sys.stderr, flush=True)
             code = LINK_FAILURE
         else:
             traceback.print_exc()
-            print(f"{label}: error: {module} raised {_first_line(err)}", file=sys.stderr,
+            print(f"{label}: error: {module} raised {first_line(err)}", file=sys.stderr,
                   flush=True)
             code = 1
     if code == 0:
@@ -224,7 +219,8 @@ def launch_local(nodes: int, module: str, argv: list[str], *, cpus: list[int] | 
       prefix: a command each node runs under (such as ``["ip", "netns",
         "exec", "disco"]``).
       address: where node 0 hosts the coordinator (127.0.0.1 by default).
-      barrier_timeout: seconds a node waits for the others at :func:`barrier`.
+      barrier_timeout: seconds a node waits for the others before a program's first
+        collective (:func:`disco_jax.coordination.barrier`).
       grace: seconds the other nodes get to stop by themselves once one has
         failed (default: the heartbeat timeout + 20 s); then they are killed.
       env: extra environment variables for the nodes.
