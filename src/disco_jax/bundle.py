@@ -35,11 +35,8 @@ manifest's SHA-256), so that a node needs neither orbax nor the training run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -53,7 +50,7 @@ from disco_jax.errors import DiscoError, PlanError
 from disco_jax.inference import DistributedModel, to_inference
 from disco_jax.layers import LayerSpec
 from disco_jax.mesh import AXIS, node_spec
-from disco_jax.plan import LayerPlan, Plan, plan_checksum
+from disco_jax.plan import LayerPlan, Plan, array_checksum, atomic_folder, plan_checksum
 
 FORMAT = "disco_jax.bundle"
 VERSION = 1
@@ -68,10 +65,6 @@ def node_folder(root: str | os.PathLike, node: int) -> Path:
 
 def _dtype_name(payload_dtype) -> str:
     return jnp.dtype(payload_dtype or jnp.float32).name
-
-
-def _sha256(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 def _leaf_name(path) -> str:
@@ -113,9 +106,7 @@ def export_bundles(model: nnx.Module, plan: Plan, out: str | os.PathLike, *,
     arrays = {_leaf_name(path): np.asarray(leaf)
               for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
     nodes, checksum = plan.nodes, plan_checksum(plan)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         for node in range(nodes):
             folder = node_folder(tmp, node)
             folder.mkdir()
@@ -126,16 +117,10 @@ def export_bundles(model: nnx.Module, plan: Plan, out: str | os.PathLike, *,
                 "payload_dtype": _dtype_name(payload_dtype), "plan_checksum": checksum,
                 "settings": settings, "layers": _layer_entries(plan),
                 "arrays": {name: {"shape": list(row.shape), "dtype": str(row.dtype),
-                                  "sha256": _sha256(row)} for name, row in rows.items()},
+                                  "sha256": array_checksum(row)} for name, row in rows.items()},
                 "weights_bytes": int(sum(row.nbytes for row in rows.values())),
             }
             (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return [node_folder(out, node) for node in range(nodes)]
 
 
@@ -214,7 +199,7 @@ class _Weights:
             raise self._unreadable(err) from None
         info = self.expected[name]
         if (list(value.shape) != info["shape"] or str(value.dtype) != info["dtype"]
-                or _sha256(value) != info["sha256"]):
+                or array_checksum(value) != info["sha256"]):
             raise PlanError(f"{self.path}: array {name} does not match its checksum in "
                             f"{MANIFEST} (the file was changed or damaged); export the bundle "
                             "again")

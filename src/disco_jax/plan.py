@@ -21,6 +21,7 @@ SHA-256 checksums) and ``arrays/`` (an orbax checkpoint of the arrays).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -193,7 +194,8 @@ def check_plan_matches(plan: Plan, model: nnx.Module) -> None:
                 "with the plan's shapes and node count.")
 
 
-def _checksum(array: np.ndarray) -> str:
+def array_checksum(array: np.ndarray) -> str:
+    """SHA-256 of an array's bytes (C order), as plans and bundles record it."""
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
@@ -205,10 +207,27 @@ def plan_checksum(plan: Plan) -> str:
     """
     entries = [{"name": name, "spec": dataclasses.asdict(layer.spec), "k": layer.k,
                 "arrays": {field: None if value is None else
-                           [list(value.shape), str(value.dtype), _checksum(value)]
+                           [list(value.shape), str(value.dtype), array_checksum(value)]
                            for field, value in layer.arrays().items()}}
                for name, layer in plan.items()]
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """A temporary folder beside ``path`` to write into; renamed to ``path``
+    (replacing it) when the block ends, removed if it raises: an interrupted
+    write leaves nothing half-written at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def save_plan(plan: Plan, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -225,9 +244,7 @@ def save_plan(plan: Plan, path: str | os.PathLike, *, overwrite: bool = False) -
     path = Path(path).absolute()
     if path.exists() and not overwrite:
         raise PlanError(f"{path} already exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_folder(path) as tmp:
         entries, tree = [], {}
         for index, (name, layer) in enumerate(plan.items()):
             key = f"layer_{index:04d}"
@@ -236,7 +253,7 @@ def save_plan(plan: Plan, path: str | os.PathLike, *, overwrite: bool = False) -
                 if value is None:
                     continue
                 arrays[field] = {"shape": list(value.shape), "dtype": str(value.dtype),
-                                 "sha256": _checksum(value)}
+                                 "sha256": array_checksum(value)}
                 if value.size:  # orbax refuses zero-size arrays; the shape says it all
                     tree.setdefault(key, {})[field] = np.asarray(value)
             entries.append({"name": name, "key": key, "k": layer.k,
@@ -245,12 +262,6 @@ def save_plan(plan: Plan, path: str | os.PathLike, *, overwrite: bool = False) -
             checkpointer.save(tmp / "arrays", tree)
         meta = {"format": FORMAT, "version": VERSION, "nodes": plan.nodes, "layers": entries}
         (tmp / "plan.json").write_text(json.dumps(meta, indent=1))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -312,7 +323,8 @@ def load_plan(path: str | os.PathLike, model: nnx.Module | None = None) -> Plan:
                     raise PlanError(f"layer {name}: {field} is missing from {path / 'arrays'}")
                 value = np.zeros(shape, dtype)
             value = np.asarray(value)
-            if value.shape != shape or value.dtype != dtype or _checksum(value) != info["sha256"]:
+            if (value.shape != shape or value.dtype != dtype
+                    or array_checksum(value) != info["sha256"]):
                 raise PlanError(f"layer {name}: {field} in {path} does not match its checksum "
                                 "(the file was changed or damaged); compile and save the plan "
                                 "again")
