@@ -236,7 +236,7 @@ class DistributedModel:
     def __call__(self, x: jax.Array) -> jax.Array:
         if jax.process_count() == 1 and self.program_cache is None:
             return self.outputs(self._fn(np.ndim(x))(*self.inputs(x)))
-        key = (np.shape(x), np.result_type(x).name)  # via compile(): kept, nodes meet
+        key = (np.shape(x), jnp.result_type(x).name)  # via compile(): kept, nodes meet
         if key not in self._compiled:
             self._compiled[key] = self.compile(x)
         return self.outputs(self._compiled[key](*self.inputs(x)))
