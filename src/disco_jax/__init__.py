@@ -28,8 +28,12 @@ subset of its channels. The public API is what this file re-exports:
 - accounting: :func:`layer_costs`, :func:`model_costs`, :func:`hlo_permute_bytes`,
   :func:`hlo_comm_bytes`, :func:`hlo_flops`
 - one process per node: :mod:`disco_jax.launch` (``python -m disco_jax.launch``),
-  :mod:`disco_jax.linkcheck`; :func:`disco_jax.mesh.fetch` gathers an output
-  that is spread over processes
+  :mod:`disco_jax.linkcheck`, :mod:`disco_jax.coordination` (barrier and
+  agreement between nodes outside collectives); :func:`disco_jax.mesh.fetch`
+  gathers an output that is spread over processes
+- deployment: :mod:`disco_jax.bundle` (one bundle per node:
+  ``export_bundles``, ``load_distributed``), :mod:`disco_jax.programs`
+  (compiled programs kept per node)
 """
 
 from disco_jax.accounting import (
