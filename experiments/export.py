@@ -18,14 +18,14 @@ import sys
 from pathlib import Path
 
 from experiments.compare import VARIANTS
+from experiments.infer import RUN_HELP
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m experiments.export",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True,
-                        help="the --out folder of a python -m experiments.resnet50 (or "
-                             "experiments.vit, .segmentation, .detection, .super_resolution) run")
+                        help=RUN_HELP)
     parser.add_argument("--out", type=Path, required=True,
                         help="the folder that receives node-0 .. node-{N-1}")
     parser.add_argument("--variant", choices=VARIANTS, default="learned",

@@ -37,14 +37,16 @@ from pathlib import Path
 
 from experiments.compare import VARIANTS
 
+RUN_HELP = ("the --out folder of a python -m experiments.resnet50 (or experiments.vit, "
+            ".segmentation, .detection, .super_resolution) run")
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m experiments.infer",
                                      description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", type=Path,
-                        help="the --out folder of a python -m experiments.resnet50 (or "
-                             "experiments.vit, .segmentation, .detection, .super_resolution) run")
+                        help=RUN_HELP)
     source.add_argument("--bundles", type=Path,
                         help="the --out folder of python -m experiments.export: each node "
                              "reads its own node-i folder only")
