@@ -10,9 +10,9 @@ what the weights learned) in two forms, the dense split (every channel
 travels) and DISCO (random exact masks at ``--comm-ratio``), compiles both as
 :class:`disco_jax.DistributedModel` programs for each batch size, and times
 them: one warm-up run, then ``--repeats`` timed runs, wall time on node 0
-from the call to the output being ready. Node 0 also times the single-node
-baseline (the whole network on its own device and core) and, at each rate, a
-4-byte exchange (per-message latency) and a 1 MB exchange (bandwidth).
+from the call to the output being ready. Node 0 also times, at each rate, a
+4-byte exchange (per-message latency) and a 1 MB exchange (bandwidth). The
+single-node rows are :mod:`benchmarks.single`'s.
 With ``--shape-link``, node 0 sets the rate of the loopback it shares with
 the other nodes (``tc``) before each rate's runs: the nodes must run in a
 network namespace of their own (:mod:`benchmarks.network` makes one).
@@ -74,7 +74,7 @@ def shape_loopback(rate: str) -> None:
                         "burst", str(burst), "latency", "100ms"], check=True)
 
 
-def _timed(fn, repeats: int) -> dict:
+def timed(fn, repeats: int) -> dict:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -128,7 +128,7 @@ def run(args) -> dict:
         entry = {"rate": rate, "per_message_ms": 1e3 * float(np.median(small)),
                  "exchange_1mb_ms": 1e3 * float(np.median(large)), "results": {}}
         for (variant, batch), (compiled, inputs, _) in programs.items():
-            entry["results"][f"{variant}/{batch}"] = _timed(
+            entry["results"][f"{variant}/{batch}"] = timed(
                 lambda c=compiled, i=inputs: jax.block_until_ready(c(*i)), args.repeats)
         links.append(entry)
         if lead:
@@ -136,15 +136,6 @@ def run(args) -> dict:
                                                for k, v in entry["results"].items()), flush=True)
     if args.shape_link and lead:
         shape_loopback("unlimited")
-    single = {}
-    # the whole network on node 0's device and core, after the last collective: the
-    # other node never waits on it (jax's gloo gives a first meeting only 30 s)
-    if lead:
-        forward = nnx.jit(lambda m, x: m(x))
-        for batch in args.batches:
-            x = jax.device_put(jnp.zeros((batch, *shape), jnp.float32), jax.local_devices()[0])
-            single[batch] = _timed(lambda x=x: forward(model, x).block_until_ready(),
-                                   args.repeats)
     return {
         "model": args.model, "nodes": nodes, "processes": jax.process_count(),
         "input_shape": list(shape), "classes": args.classes, "comm_ratio": args.comm_ratio,
@@ -152,7 +143,6 @@ def run(args) -> dict:
         "comm_bytes_per_image": {v: c.comm_bytes for v, c in costs.items()},
         "flops_per_node_per_image": {v: c.flops for v, c in costs.items()},
         "programs": {f"{v}/{b}": info for (v, b), (_, _, info) in programs.items()},
-        "single": {str(b): t for b, t in single.items()},
         "links": links, "jax": jax.__version__, "platform": jax.devices()[0].platform,
     }
 

@@ -5,8 +5,14 @@
     python -m benchmarks.network --rates 100mbit --batches 1 --models resnet50
 
 Two nodes, one OS process each (:mod:`disco_jax.launch`, jax's runtime, CPU
-collectives over gloo), each pinned to its own core (``taskset``); the
-single-node baseline runs on one core too. The links are real TCP: both node
+collectives over gloo), each pinned to its own core (``taskset``). The
+single-node rows come from :mod:`benchmarks.single`, run after the nodes on
+node 0's core: disco_jax's best single-device program (the faster of the
+``nodes=1`` network's inference and training forms under ``jax.jit``) and,
+as reference rows, ONNX Runtime running that program exported to ONNX and
+TensorFlow running the standard Keras application of the architecture (with
+``pip install -e ".[bench]"``; otherwise those rows say "not installed").
+The links are real TCP: both node
 processes run in a network namespace this benchmark creates, whose loopback
 has MTU 1500 and a ``tc`` tbf qdisc at each rate. Link model: the loopback
 is one queue, so the rate is shared by both directions (a half-duplex link:
@@ -140,13 +146,46 @@ def measure(model: str, args, rates: list[str], namespace: Namespace | None) -> 
         return json.loads(out.read_text())
 
 
-def summarize(timings: dict) -> list[dict]:
+class SingleRowsFailed(RuntimeError):
+    """:mod:`benchmarks.single` stopped with an error (its stderr is in the message)."""
+
+
+def measure_single(model: str, args) -> dict:
+    """Runs :mod:`benchmarks.single` on node 0's core; returns its report."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "single.json"
+        command = ["taskset", "-c", str(args.cpus[0]), sys.executable, "-m", "benchmarks.single",
+                   "--model", model, "--image-size", str(args.image_size),
+                   "--batches", ",".join(map(str, args.batches)),
+                   "--repeats", str(args.repeats), "--out", str(out)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SingleRowsFailed(f"the single-node rows failed ({' '.join(command[3:])}):\n"
+                               + done.stderr[-3000:])
+        print(done.stdout, end="", flush=True)
+        return json.loads(out.read_text())
+
+
+REFERENCES = ("onnxruntime", "tensorflow")
+
+
+def summarize(timings: dict, single_report: dict) -> list[dict]:
     """The report's entries, one per batch size (the issue's schema, plus where
-    the time goes)."""
+    the time goes and the reference engines)."""
     runs = []
     unlimited = next((link for link in timings["links"] if link["rate"] == "unlimited"), None)
+    engines = single_report["engines"]
     for batch in timings["batches"]:
-        single = timings["single"][str(batch)]
+        single = engines["disco_jax"]["timings"][str(batch)]
+        references = {}
+        for name in REFERENCES:
+            row = engines.get(name, {"status": "not run"})
+            references[name] = ({"status": row["status"]} if "timings" not in row else
+                                {"ms": row["timings"][str(batch)]["median_ms"],
+                                 "spread_ms": [row["timings"][str(batch)]["min_ms"],
+                                               row["timings"][str(batch)]["max_ms"]],
+                                 "engine": row["engine"],
+                                 "parameters": row.get("parameters")})
         links = []
         for link in timings["links"]:
             result = {v: link["results"][f"{v}/{batch}"] for v in ("dense_split", "disco")}
@@ -181,19 +220,37 @@ def summarize(timings: dict) -> list[dict]:
             "input_shape": timings["input_shape"], "comm_ratio": timings["comm_ratio"],
             "comm_bytes_per_image": timings["comm_bytes_per_image"],
             "flops_per_node_per_image": timings["flops_per_node_per_image"],
-            "links": links})
+            "single": {"program": single["program"], "ms": single["median_ms"],
+                       "parameters": engines["disco_jax"]["parameters"],
+                       "programs_ms": {name: times[str(batch)]["median_ms"] for name, times
+                                       in engines["disco_jax"]["programs"].items()}},
+            "references": references, "links": links})
     return runs
 
 
+def _reference_ms(run: dict, name: str) -> str:
+    row = run["references"][name]
+    return f"{row['ms']:.1f}" if "ms" in row else "-"
+
+
 def format_table(runs: list[dict]) -> str:
-    rows = [f"{'model':9} {'batch':>5} {'link':>10} {'single ms':>10} {'dense split':>12} "
-            f"{'DISCO ms':>10} {'vs dense split':>15} {'vs single':>10}"]
+    """The latency table, and what each reference column ran (or why it is empty)."""
+    rows = [f"{'model':9} {'batch':>5} {'link':>10} {'single ms':>10} {'ONNX RT':>8} "
+            f"{'TF':>8} {'dense split':>12} {'DISCO ms':>10} {'vs dense split':>15} "
+            f"{'vs single':>10}"]
     for run in runs:
         for link in run["links"]:
             rows.append(f"{run['model']:9} {run['batch']:>5} {link['rate']:>10} "
-                        f"{link['single_ms']:>10.1f} {link['dense_split_ms']:>12.1f} "
+                        f"{link['single_ms']:>10.1f} {_reference_ms(run, 'onnxruntime'):>8} "
+                        f"{_reference_ms(run, 'tensorflow'):>8} {link['dense_split_ms']:>12.1f} "
                         f"{link['disco_ms']:>10.1f} {link['speedup_vs_dense_split']:>14.2f}x "
                         f"{link['speedup_vs_single']:>9.2f}x")
+    notes = {}
+    for run in runs:
+        notes.setdefault(f"{run['model']} single node", f"disco_jax {run['single']['program']}")
+        for name, row in run["references"].items():
+            notes.setdefault(f"{run['model']} {name}", row.get("engine") or row["status"])
+    rows += [f"  {key}: {value}" for key, value in notes.items()]
     return "\n".join(rows)
 
 
@@ -207,9 +264,15 @@ def plot(runs: list[dict], path: Path) -> Path:
     for ax, run in zip(axes[0], runs, strict=True):
         links = run["links"]
         names = [link["rate"] for link in links]
-        for key, label in (("single_ms", "single node"), ("dense_split_ms", "dense split"),
+        for key, label in (("single_ms", "single node (disco_jax)"),
+                           ("dense_split_ms", "dense split"),
                            ("disco_ms", f"DISCO (comm ratio {run['comm_ratio']:g})")):
             ax.plot(names, [link[key] for link in links], marker="o", label=label)
+        for name, label in (("onnxruntime", "ONNX Runtime, 1 node"),
+                            ("tensorflow", "TensorFlow, 1 node")):
+            if "ms" in run["references"][name]:
+                ax.plot(names, [run["references"][name]["ms"]] * len(names), linestyle=":",
+                        label=label)
         ax.set_yscale("log")
         ax.set_xlabel("link")
         ax.set_ylabel("latency (ms, median)")
@@ -238,8 +301,10 @@ def main(argv=None) -> int:
         with Namespace() if why_not is None else contextlib.nullcontext() as namespace:
             for model in args.models:
                 print(f"{model}: 2 nodes on cores {args.cpus}, links {rates}", flush=True)
-                runs += summarize(measure(model, args, rates, namespace))
-    except NodeFailure as err:
+                timings = measure(model, args, rates, namespace)
+                print(f"{model}: the single-node rows on core {args.cpus[0]}", flush=True)
+                runs += summarize(timings, measure_single(model, args))
+    except (NodeFailure, SingleRowsFailed) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import network
+from benchmarks import network, single
 from benchmarks.latency import rate_bits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +45,15 @@ def test_tiny_benchmark_writes_the_report_and_cleans_up(tmp_path):
         disco = link["where_the_time_goes"]["disco"]
         assert disco["messages"] > 0
     assert run["comm_bytes_per_image"]["disco"] < run["comm_bytes_per_image"]["dense_split"]
+    # the single-node row is the faster of disco_jax's two single-device programs
+    programs = run["single"]["programs_ms"]
+    assert set(programs) == {"inference_form", "training_form"}
+    assert run["single"]["ms"] == min(programs.values()) == run["links"][0]["single_ms"]
+    assert run["single"]["program"] == min(programs, key=programs.get)
+    for name in ("onnxruntime", "tensorflow"):  # timed, or saying why not
+        row = run["references"][name]
+        assert row.get("ms", 0) > 0 or "not installed" in row["status"] or (
+            name == "tensorflow" and row["status"] == "Keras has no standard resnet18")
     if shaped:  # 1 MB each way through one 100 Mbit/s queue: at least 160 ms
         assert run["links"][0]["exchange_1mb_ms"] > 150 > run["links"][1]["exchange_1mb_ms"]
     assert report_path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -92,3 +101,28 @@ def test_the_memory_benchmark_measures_every_node_from_its_own_bundle(tmp_path):
         assert row["first_peak_bytes"] > 0
     assert [t["met"] for t in report["targets"]][0] is True and len(report["targets"]) == 3
     assert "deployed (program loaded, not compiled)" in done.stdout
+
+
+def test_an_engine_that_is_not_installed_says_how_to_install_it():
+    note = single._missing("json", "no_such_engine_module")
+    assert note == 'no_such_engine_module not installed (pip install -e ".[bench]")'
+    assert single._missing("json") is None
+
+
+def test_onnx_runtime_runs_the_same_function_as_disco_jax(tmp_path):
+    """The ONNX Runtime row times disco_jax's own single-device program, exported."""
+    for module in ("onnxruntime", "onnx", "jax2onnx"):
+        pytest.importorskip(module, reason='the reference engines: pip install -e ".[bench]"')
+    args = single.parse_args(["--model", "resnet18", "--image-size", "32", "--batches", "2",
+                              "--repeats", "1", "--engines", "disco_jax,onnxruntime",
+                              "--out", str(tmp_path / "single.json")])
+    report = single.run(args)
+    check = report["engines"]["onnxruntime"]["versus_disco_jax"]["2"]
+    assert check["max_abs_diff"] <= 1e-4 * check["max_abs_output"]
+    assert report["engines"]["onnxruntime"]["timings"]["2"]["median_ms"] > 0
+
+
+def test_single_refuses_an_unknown_engine(capsys):
+    with pytest.raises(SystemExit):
+        single.parse_args(["--engines", "disco_jax,torch", "--out", "x.json"])
+    assert "unknown engines ['torch']" in capsys.readouterr().err

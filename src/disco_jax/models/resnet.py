@@ -164,7 +164,10 @@ class ResNet(nnx.Module):
         ``s = stem_stride * 2**i``."""
         x = nnx.relu(self.stem_bn(self.stem(x)))
         if self.stem_kind == "imagenet":
-            x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            # padded with -inf, then a VALID pool: the same compiled program as the
+            # padded pool, and the form ONNX exporters (jax2onnx) can write
+            x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+            x = nnx.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="VALID")
         stages = []
         for index, block in enumerate(self.blocks):
             x = block(x)
