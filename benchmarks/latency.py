@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--comm-ratio", type=float, default=0.2)
     parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="what the nodes' products compute in")
     parser.add_argument("--rates", default="unlimited",
                         help="tc rates (100mbit, 1gbit, ...) or unlimited, comma-separated")
     parser.add_argument("--repeats", type=int, default=5)
@@ -103,6 +105,7 @@ def run(args) -> dict:
                                  stem="imagenet", rngs=nnx.Rngs(0))
     sparsify.FixedMask("dense_split").update(model, 0)
     model.eval()
+    dj.set_compute_dtype(model, args.compute_dtype)
     disco = nnx.clone(model)
     dj.set_random_masks(disco, jax.random.key(1), args.comm_ratio)
     programs, costs = {}, {}
@@ -139,6 +142,7 @@ def run(args) -> dict:
     return {
         "model": args.model, "nodes": nodes, "processes": jax.process_count(),
         "input_shape": list(shape), "classes": args.classes, "comm_ratio": args.comm_ratio,
+        "compute_dtype": args.compute_dtype,
         "batches": args.batches, "repeats": args.repeats,
         "comm_bytes_per_image": {v: c.comm_bytes for v, c in costs.items()},
         "flops_per_node_per_image": {v: c.flops for v, c in costs.items()},

@@ -61,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--comm-ratio", type=float, default=0.2)
+    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="what disco_jax's products compute in, on the nodes and the "
+                             "single node (ONNX Runtime and TensorFlow run float32)")
     parser.add_argument("--cpus", default="0,1", help="the two nodes' cores (default 0,1)")
     parser.add_argument("--quick", action="store_true",
                         help="ResNet-18, batch 1, 3 repeats: under 5 minutes")
@@ -135,7 +138,7 @@ def measure(model: str, args, rates: list[str], namespace: Namespace | None) -> 
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "latency.json"
         argv = ["--model", model, "--image-size", str(args.image_size),
-                "--comm-ratio", str(args.comm_ratio),
+                "--comm-ratio", str(args.comm_ratio), "--compute-dtype", args.compute_dtype,
                 "--batches", ",".join(map(str, args.batches)), "--rates", ",".join(rates),
                 "--repeats", str(args.repeats), "--out", str(out)]
         if namespace is not None:
@@ -156,6 +159,7 @@ def measure_single(model: str, args) -> dict:
         out = Path(folder) / "single.json"
         command = ["taskset", "-c", str(args.cpus[0]), sys.executable, "-m", "benchmarks.single",
                    "--model", model, "--image-size", str(args.image_size),
+                   "--compute-dtype", args.compute_dtype,
                    "--batches", ",".join(map(str, args.batches)),
                    "--repeats", str(args.repeats), "--out", str(out)]
         done = subprocess.run(command, capture_output=True, text=True)
@@ -218,6 +222,7 @@ def summarize(timings: dict, single_report: dict) -> list[dict]:
         runs.append({
             "model": timings["model"], "nodes": timings["nodes"], "batch": batch,
             "input_shape": timings["input_shape"], "comm_ratio": timings["comm_ratio"],
+            "compute_dtype": timings["compute_dtype"],
             "comm_bytes_per_image": timings["comm_bytes_per_image"],
             "flops_per_node_per_image": timings["flops_per_node_per_image"],
             "single": {"program": single["program"], "ms": single["median_ms"],

@@ -9,13 +9,15 @@ One process times, on whatever cores it is given (the benchmark gives it one),
 the same network at the same input size, random weights:
 
 - **disco_jax**: the network built with ``nodes=1`` (the same model
-  definition the nodes run), in its two single-device programs under
+  definition the nodes run), its products in ``--compute-dtype`` (float32, or
+  bfloat16: :func:`disco_jax.set_compute_dtype`), in its two single-device
+  programs under
   ``jax.jit``: the inference form (:func:`disco_jax.to_inference`: BatchNorm
   folded into a per-channel scale and shift, packed kernels; called directly,
   no ``shard_map``) and the training form in eval mode. The faster is the
   "single node" row; both are in the report.
-- **ONNX Runtime** (``pip install -e ".[bench]"``): that inference form
-  exported with jax2onnx, run by ONNX Runtime's CPU provider on one
+- **ONNX Runtime** (``pip install -e ".[bench]"``): that inference form, in
+  float32, exported with jax2onnx, run by ONNX Runtime's CPU provider on one
   intra-op thread. Its output is compared with disco_jax's on the same input
   (``max_abs_diff`` in the report): the same function, another engine.
 - **TensorFlow** (``[bench]``): the standard Keras application of the same
@@ -39,6 +41,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.latency import timed
+from disco_jax.layers import COMPUTE_DTYPES
 
 #: Keras applications of the same architecture, by disco_jax network name.
 KERAS_APPLICATIONS = {"resnet50": "ResNet50", "resnet101": "ResNet101"}
@@ -53,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="float32",
+                        help="what disco_jax's products compute in (the reference engines "
+                             "run float32)")
     parser.add_argument("--engines", default="disco_jax,onnxruntime,tensorflow",
                         help="comma-separated, from disco_jax, onnxruntime, tensorflow")
     parser.add_argument("--out", type=Path, required=True)
@@ -71,17 +77,19 @@ def _missing(*modules: str) -> str | None:
     return f"{', '.join(absent)} {BENCH_EXTRA}" if absent else None
 
 
-def single_device_forms(args):
-    """The network with ``nodes=1``, random weights, eval mode: (training form, inference form)."""
+def single_device_forms(args, compute_dtype=None):
+    """The network with ``nodes=1``, random weights, eval mode, computing in
+    ``compute_dtype``: (training form, inference form)."""
     from flax import nnx
 
-    from disco_jax import sparsify, to_inference
+    from disco_jax import set_compute_dtype, sparsify, to_inference
     from disco_jax.models import NETWORKS
 
     model = NETWORKS[args.model](classes=args.classes, nodes=1, in_channels=3,
                                  stem="imagenet", rngs=nnx.Rngs(0))
     sparsify.FixedMask("dense_split").update(model, 0)
     model.eval()
+    set_compute_dtype(model, compute_dtype)
     return model, to_inference(model)
 
 
@@ -104,7 +112,8 @@ def time_disco_jax(args, forms) -> dict:
     import jax
     from flax import nnx
 
-    training, inference = forms
+    training, inference = (forms if args.compute_dtype == "float32"
+                           else single_device_forms(args, args.compute_dtype))
     programs = {"inference_form": jax.jit(_pure(inference)),
                 "training_form": nnx.jit(lambda x, m=training: m(x))}
     inputs = {b: jax.device_put(_input(args, b)) for b in args.batches}
@@ -119,7 +128,9 @@ def time_disco_jax(args, forms) -> dict:
         best[batch] = rows[name][batch] | {"program": name}
     parameters = sum(x.size for x in jax.tree.leaves(nnx.state(training, nnx.Param)))
     return {"timings": best, "programs": rows, "parameters": int(parameters),
-            "engine": f"jax {jax.__version__} (XLA:{jax.devices()[0].platform})"}
+            "compute_dtype": args.compute_dtype,
+            "engine": f"jax {jax.__version__} (XLA:{jax.devices()[0].platform}), "
+                      f"{args.compute_dtype} products"}
 
 
 def time_onnxruntime(args, forms) -> dict:
@@ -182,7 +193,7 @@ ENGINES = {"disco_jax": time_disco_jax, "onnxruntime": time_onnxruntime,
 
 
 def run(args) -> dict:
-    forms = single_device_forms(args)
+    forms = single_device_forms(args)  # float32: what the ONNX export starts from
     return {"model": args.model, "input_shape": [args.image_size, args.image_size, 3],
             "classes": args.classes, "batches": args.batches, "repeats": args.repeats,
             "engines": {name: ENGINES[name](args, forms) for name in args.engines}}

@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="with --run: which trained variant (default learned = DISCO)")
     parser.add_argument("--images", type=int, default=10000, help="test images (default all)")
     parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="what the layers' products compute in (bfloat16: on the CPU's "
+                             "matrix units where it has them; the payloads stay the plan's)")
     parser.add_argument("--program-cache", type=Path,
                         help="keep the compiled program in this folder (the node's own); a "
                              "later run loads it instead of compiling")
@@ -94,6 +97,7 @@ def _from_run(args):
 
     def build(mesh):
         model, plan, dataset, _, task = load_run(args.run, args.variant)
+        dj.set_compute_dtype(model, args.compute_dtype)
         return dj.DistributedModel(model, mesh, plan, output_rank=task.output_rank,
                                    output_channels=task.output_channels,
                                    program_cache=args.program_cache), dataset, task
@@ -122,8 +126,8 @@ def _from_bundles(args):
         task = network.task_of(dataset)
         distributed = bundle.load_distributed(
             args.bundles, mesh, lambda: build_model(settings, dataset),
-            output_rank=task.output_rank, output_channels=task.output_channels,
-            program_cache=args.program_cache)
+            compute_dtype=args.compute_dtype, output_rank=task.output_rank,
+            output_channels=task.output_channels, program_cache=args.program_cache)
         return distributed, dataset, task
 
     return manifest["nodes"], build
@@ -168,7 +172,8 @@ def main(argv=None) -> int:
         others = "".join(f", {name.replace('_', ' ')} {scale * value:.2f}"
                          for name, value in metrics.items() if name != task.metric)
         what = f"{args.variant} of {args.run}" if args.run is not None else str(args.bundles)
-        print(f"{what} on {where}: {task.label} "
+        products = "" if args.compute_dtype == "float32" else f", {args.compute_dtype} products"
+        print(f"{what} on {where}{products}: {task.label} "
               f"{scale * metrics[task.metric]:.2f}{others} over {len(labels)} test images "
               f"({seconds:.1f} s with compilation)", flush=True)
         if args.predictions:

@@ -16,6 +16,7 @@ random masks. Each generated case checks, on one compiled executable
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -24,6 +25,7 @@ from hypothesis import event, given, settings, strategies as st
 
 import disco_jax as dj
 from disco_jax.accounting import out_spatial
+from disco_jax.layers import linear, lowering, read_input
 from disco_jax.verify import verify_layer
 
 NODES = [1, 2, 3, 4, 8]
@@ -115,3 +117,66 @@ def test_layer_on_the_replicated_input_sends_nothing(nodes, c_in, kernel, stride
     x = jax.random.normal(jax.random.key(0), (2, 9, 9, c_in))
     assert check_layer(layer, x)
     assert dj.layer_costs(layer.spec, 0, (9, 9))["disco"].comm_bytes == 0
+
+
+# (lowering in bfloat16, conv settings, input channels per node, map size)
+LOWERINGS = [
+    ("matmul", dict(kernel=1, strides=1, padding="SAME"), 16, 6),
+    ("matmul", dict(kernel=1, strides=2, padding="VALID"), 16, 7),  # subsampled, then a product
+    ("taps", dict(kernel=3, strides=1, padding="SAME"), 16, 6),
+    ("taps", dict(kernel=3, strides=2, padding=1), 16, 7),
+    ("taps", dict(kernel=3, strides=2, padding="SAME"), 16, 8),  # SAME pads (0, 1) here
+    ("taps", dict(kernel=3, strides=1, padding="VALID"), 16, 6),
+    ("conv", dict(kernel=3, strides=1, padding="SAME"), 4, 6),  # too few channels: a stem
+    ("conv", dict(kernel=3, strides=1, padding="SAME"), 16, 29),  # map over TAPS_MAX_PIXELS
+    ("taps", dict(kernel=1, strides=1, padding=1), 16, 5),  # a padded 1x1: one tap, padded
+]
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 4])
+@pytest.mark.parametrize("expected,conv,group_in,size", LOWERINGS)
+def test_every_bfloat16_lowering_is_the_same_in_both_forms(nodes, expected, conv, group_in,
+                                                            size):
+    layer = dj.DiscoConv(nodes * group_in, nodes * 4, conv["kernel"], strides=conv["strides"],
+                         padding=conv["padding"], nodes=nodes, rngs=nnx.Rngs(0))
+    randomize(layer, jax.random.key(nodes), group_in // 4)
+    dj.set_compute_dtype(layer, "bfloat16")
+    assert lowering(layer.spec, size, size, "bfloat16") == expected
+    x = jax.random.normal(jax.random.key(7), (2, size, size, layer.spec.c_in))
+    # the two forms round the same values to bfloat16: only the sums' order differs
+    check_layer(layer, x, check_flops=False)
+
+
+@pytest.mark.parametrize("expected,conv,group_in,size", LOWERINGS)
+def test_bfloat16_products_are_the_float32_products_of_rounded_operands(expected, conv,
+                                                                        group_in, size):
+    spec = dj.LayerSpec("conv", group_in, 8, kernel=conv["kernel"], stride=conv["strides"],
+                        padding=conv["padding"])
+    keys = jax.random.split(jax.random.key(size), 3)
+    x = jax.random.normal(keys[0], (2, size, size, group_in))
+    kernel = jax.random.normal(keys[1], spec.kernel_shape)
+    bias = jax.random.normal(keys[2], (8,))
+    rounded = [a.astype(jnp.bfloat16).astype(jnp.float32) for a in (x, kernel)]
+    want = linear(spec, read_input(spec, rounded[0]), rounded[1], bias)  # XLA's conv
+    got = linear(spec, read_input(spec, x), kernel, bias, compute_dtype="bfloat16")
+    assert lowering(spec, size, size, "bfloat16") == expected
+    assert got.shape == want.shape and got.dtype == jnp.float32
+    assert float(jnp.max(jnp.abs(got - want))) <= 1e-5 * float(jnp.max(jnp.abs(want)))
+
+
+def test_float32_keeps_one_xla_convolution_and_dense_layers_are_products():
+    spec = dj.LayerSpec("conv", 64, 64, kernel=3)
+    assert lowering(spec, 7, 7) == "conv" and lowering(spec, 7, 7, "bfloat16") == "taps"
+    assert lowering(dj.LayerSpec("dense", 8, 8), compute_dtype="bfloat16") == "matmul"
+    layer = dj.DiscoDense(8, 8, nodes=2, rngs=nnx.Rngs(0))
+    randomize(layer, jax.random.key(0), 2)
+    dj.set_compute_dtype(layer, "bfloat16")
+    check_layer(layer, jax.random.normal(jax.random.key(1), (3, 5, 8)), check_flops=False)
+
+
+def test_an_unknown_compute_dtype_is_refused():
+    layer = dj.DiscoConv(4, 4, 3, nodes=2, rngs=nnx.Rngs(0))
+    with pytest.raises(dj.ConfigError, match=r"one of \['float32', 'bfloat16'\], got 'float16'"):
+        dj.set_compute_dtype(layer, "float16")
+    dj.set_compute_dtype(layer, jnp.float32)  # float32 is the default, by any name
+    assert layer.compute_dtype is None

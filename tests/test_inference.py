@@ -108,3 +108,30 @@ def test_a_model_with_several_outputs_runs_on_a_mesh_each_output_split_by_channe
     assert relative_error(out["image"], reference["image"]) <= 1e-4
     with pytest.raises(dj.ConfigError, match="output_rank must be a positive int"):
         dj.DistributedModel(model, dj.make_mesh(nodes), output_rank={"pixels": 0})
+
+
+def test_a_network_computing_in_bfloat16_runs_alike_on_the_mesh():
+    """Every lowering of a ResNet in bfloat16 (stem conv, 1x1 products, 3x3 taps, the
+    classifier) in both forms: the mesh follows the reference to bfloat16's precision
+    (activations that differ in float32's last bits can round to neighbouring
+    bfloat16 values), and the bytes are the plan's."""
+    from disco_jax.layers import lowering
+    from disco_jax.models import NETWORKS
+
+    model = NETWORKS["resnet18"](classes=10, nodes=2, in_channels=1, stem="small", width=32,
+                                 rngs=nnx.Rngs(0))
+    dj.set_random_masks(model, jax.random.key(1), 0.25)
+    model.eval()
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 1))
+    float32 = model(x)
+    dj.set_compute_dtype(model, "bfloat16")
+    reference = model(x)
+    chosen = {lowering(layer.spec, 8, 8, "bfloat16") for layer in dj.disco_layers(model).values()}
+    assert chosen == {"conv", "matmul", "taps"}
+    distributed = dj.DistributedModel(model, dj.make_mesh(2))
+    compiled = distributed.compile(x)
+    out = compiled(*distributed.inputs(x))
+    assert relative_error(out, reference) <= 1e-2
+    assert 0 < relative_error(reference, float32) <= 3e-2  # it did compute in bfloat16
+    assert dj.hlo_permute_bytes(compiled.as_text()) == (
+        dj.model_costs(model, x.shape).totals["disco"].comm_bytes * x.shape[0])

@@ -63,6 +63,7 @@ from disco_jax.layers import (
     DiscoDense as DiscoDense,
     LayerSpec as LayerSpec,
     disco_layers as disco_layers,
+    set_compute_dtype as set_compute_dtype,
 )
 from disco_jax.masks import (
     block_diagonal_mask as block_diagonal_mask,

@@ -48,7 +48,7 @@ from jax.sharding import NamedSharding
 
 from disco_jax.errors import DiscoError, PlanError
 from disco_jax.inference import DistributedModel, to_inference
-from disco_jax.layers import LayerSpec
+from disco_jax.layers import LayerSpec, set_compute_dtype
 from disco_jax.mesh import AXIS, node_spec
 from disco_jax.plan import LayerPlan, Plan, array_checksum, atomic_folder, plan_checksum
 
@@ -249,7 +249,8 @@ def _abstract_plan(layers: list[dict], arrays: dict) -> Plan:
 
 
 def load_distributed(root: str | os.PathLike, mesh, build, *, payload_dtype=None,
-                     output_rank=2, output_channels=None, split_input: bool = False,
+                     compute_dtype=None, output_rank=2, output_channels=None,
+                     split_input: bool = False,
                      program_cache: str | os.PathLike | None = None) -> DistributedModel:
     """The model of the bundles under ``root``, on ``mesh``, from this process's bundles only.
 
@@ -260,6 +261,9 @@ def load_distributed(root: str | os.PathLike, mesh, build, *, payload_dtype=None
       build: ``() -> model``: the untrained network in training form (traced
         only: no weights are made).
       payload_dtype: if given, must be the bundles' (a plan is compiled for one).
+      compute_dtype: the dtype the node's layers compute their products in
+        (:func:`disco_jax.set_compute_dtype`; default float32): a choice of the
+        node's own, not part of the bundle.
       output_rank, output_channels, split_input, program_cache: as
         :class:`DistributedModel`.
 
@@ -299,6 +303,8 @@ def load_distributed(root: str | os.PathLike, mesh, build, *, payload_dtype=None
     def structure(arrays):
         model = build()
         model.eval()
+        if compute_dtype is not None:
+            set_compute_dtype(model, compute_dtype)
         return to_inference(model, _abstract_plan(first["layers"], arrays),
                             payload_dtype=dtype)
 

@@ -31,7 +31,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from disco_jax.coordination import barrier, share
 from disco_jax.errors import ConfigError, PlanError
-from disco_jax.layers import _DiscoLinear, disco_layers
+from disco_jax.layers import _DiscoLinear, compute_dtype_of, disco_layers
 from disco_jax.mesh import AXIS, channel_spec, node_spec, replicate, shard_channels, shard_nodes
 from disco_jax.parallel import node_forward
 from disco_jax.plan import LayerPlan, Plan, check_plan_matches, compile_plan, plan_checksum
@@ -45,9 +45,10 @@ class PlanArray(nnx.Variable):
 class PlannedLinear(nnx.Module):
     """A DISCO layer in inference form; call it inside ``shard_map`` over ``AXIS``."""
 
-    def __init__(self, plan: LayerPlan, *, payload_dtype=None):
+    def __init__(self, plan: LayerPlan, *, payload_dtype=None, compute_dtype=None):
         self.name, self.spec, self.k = plan.name, plan.spec, plan.k
         self.payload_dtype = payload_dtype
+        self.compute_dtype = compute_dtype_of(compute_dtype, plan.name)
         self.send_idx = PlanArray(jnp.asarray(plan.send_idx))
         self.kernel = PlanArray(jnp.asarray(plan.kernel))
         self.bias = None if plan.bias is None else PlanArray(jnp.asarray(plan.bias))
@@ -58,7 +59,8 @@ class PlannedLinear(nnx.Module):
         bias = None if self.bias is None else self.bias[...]
         send_proj = None if self.send_proj is None else self.send_proj[...]
         return node_forward(self.spec, self.k, x, self.send_idx[...], self.kernel[...], bias,
-                            payload_dtype=self.payload_dtype, send_proj=send_proj)
+                            payload_dtype=self.payload_dtype, send_proj=send_proj,
+                            compute_dtype=self.compute_dtype)
 
 
 class ChannelAffine(nnx.Module):
@@ -106,6 +108,9 @@ def to_inference(model: nnx.Module, plan: Plan | None = None, *,
       plan: its plan (default: compiled from ``model`` now); checked against it.
       payload_dtype: dtype the exchanged channels travel in (default float32).
 
+    Each DISCO layer keeps the compute dtype it has in ``model``
+    (:func:`disco_jax.set_compute_dtype`).
+
     Raises:
       PlanError: ``plan`` was compiled from another model.
       ConfigError: the model has a layer that cannot be split by channels.
@@ -120,7 +125,8 @@ def to_inference(model: nnx.Module, plan: Plan | None = None, *,
         name = "/".join(str(p) for p in path)
         if isinstance(module, _DiscoLinear):
             replacements.append((path, PlannedLinear(plan[names[id(module)]],
-                                                     payload_dtype=payload_dtype)))
+                                                     payload_dtype=payload_dtype,
+                                                     compute_dtype=module.compute_dtype)))
         elif isinstance(module, nnx.BatchNorm):
             replacements.append((path, ChannelAffine(module, nodes, name)))
         elif hasattr(module, "inference_form"):  # LayerNorm, ChannelParam, ...

@@ -152,8 +152,79 @@ def read_input(spec: LayerSpec, x: jax.Array) -> jax.Array:
     return x
 
 
+#: The dtypes a layer's products can run in (:func:`linear`; ``None`` = float32).
+COMPUTE_DTYPES = ("float32", "bfloat16")
+#: With bfloat16, a K x K conv whose output map has more pixels than this stays
+#: one float32 XLA convolution (measured on a Xeon with AMX, ResNet-50 at 224 px:
+#: the K*K shifted products of a 56 x 56 map cost more than the convolution).
+TAPS_MAX_PIXELS = 28 * 28
+#: ... and so does one that reads fewer channels per node than this (a stem).
+TAPS_MIN_CHANNELS = 16
+
+
+def compute_dtype_of(dtype, where: str = "compute_dtype") -> str | None:
+    """``dtype`` as a :data:`COMPUTE_DTYPES` name (``None`` for float32, the default).
+
+    Raises:
+      ConfigError: another dtype.
+    """
+    name = None if dtype is None else jnp.dtype(dtype).name if not isinstance(
+        dtype, str) else dtype
+    if name not in (None, *COMPUTE_DTYPES):
+        raise ConfigError(f"{where}: a layer computes in one of {list(COMPUTE_DTYPES)}, "
+                          f"got {dtype!r}")
+    return None if name == "float32" else name
+
+
+def _conv_geometry(spec: LayerSpec, height: int, width: int):
+    """(stride, explicit ``[(lo, hi), (lo, hi)]`` padding, output height, output width)."""
+    stride = 1 if spec.subsamples_input else spec.stride
+    padding = spec.padding
+    if isinstance(padding, int):
+        padding = [(padding, padding), (padding, padding)]
+    else:
+        padding = jax.lax.padtype_to_pads((height, width), (spec.kernel, spec.kernel),
+                                          (stride, stride), padding)
+    out = [(size + lo + hi - spec.kernel) // stride + 1
+           for size, (lo, hi) in zip((height, width), padding, strict=True)]
+    return stride, [tuple(p) for p in padding], out[0], out[1]
+
+
+def lowering(spec: LayerSpec, height: int = 1, width: int = 1,
+             compute_dtype: str | None = None) -> str:
+    """How :func:`linear` computes the layer, from the layer and its input map alone.
+
+    - ``"conv"``: one XLA convolution, in float32 (of operands rounded to
+      ``compute_dtype``);
+    - ``"matmul"``: one matrix product over the channels (a dense layer, or a
+      1 x 1 conv: every pixel is a row), in ``compute_dtype``;
+    - ``"taps"``: a K x K conv as the sum of K*K matrix products, one per
+      kernel tap, over shifted views of the padded input, in ``compute_dtype``.
+
+    In float32 every conv is ``"conv"`` (XLA:CPU's convolution is as fast as
+    the products there). In bfloat16 the products run on the CPU's matrix
+    units where it has them (AMX): 1 x 1 convs and dense layers are
+    ``"matmul"``, K x K convs ``"taps"`` unless their output map is larger
+    than :data:`TAPS_MAX_PIXELS` or they read fewer than
+    :data:`TAPS_MIN_CHANNELS` channels per node. The choice depends on the
+    layer's spec and map size only, never on the input width, so a layer's
+    training form and every node of its inference form compute it the same way.
+    """
+    if spec.kind == "dense":
+        return "matmul"
+    if compute_dtype is None:
+        return "conv"
+    if spec.kernel == 1 and spec.padding in ("SAME", "VALID", 0) and (
+            spec.stride == 1 or spec.subsamples_input):
+        return "matmul"
+    _, _, out_h, out_w = _conv_geometry(spec, height, width)
+    if out_h * out_w > TAPS_MAX_PIXELS or spec.group_in < TAPS_MIN_CHANNELS:
+        return "conv"
+    return "taps"
+
+
 def linear(spec: LayerSpec, x: jax.Array, kernel: jax.Array,
-           bias: jax.Array | None) -> jax.Array:
+           bias: jax.Array | None, *, compute_dtype: str | None = None) -> jax.Array:
     """The layer's one conv/matmul, on input already passed through :func:`read_input`.
 
     Arguments:
@@ -163,22 +234,45 @@ def linear(spec: LayerSpec, x: jax.Array, kernel: jax.Array,
         C_in/N + (N-1)*k in the inference form.
       kernel: ``[K, K, C', C_o]`` (conv) or ``[C', C_o]`` (dense).
       bias: ``[C_o]`` or None.
+      compute_dtype: ``None`` (float32) or ``"bfloat16"``: the dtype the
+        products' operands are rounded to (accumulated in float32); how the
+        layer is lowered follows from it (:func:`lowering`).
 
     Returns:
-      ``[B, H_out, W_out, C_o]`` (conv) or ``[..., C_o]`` (dense).
+      ``f32[B, H_out, W_out, C_o]`` (conv) or ``f32[..., C_o]`` (dense).
     """
-    if spec.kind == "conv":
-        stride = 1 if spec.subsamples_input else spec.stride
-        padding = spec.padding
-        if isinstance(padding, int):
-            padding = [(padding, padding), (padding, padding)]
+    how = lowering(spec, *(x.shape[1:3] if spec.kind == "conv" else ()),
+                   compute_dtype=compute_dtype)
+    if how == "conv":
+        stride, padding, _, _ = _conv_geometry(spec, x.shape[1], x.shape[2])
+        if compute_dtype is not None:  # rounded alike, convolved in float32 (XLA:CPU's fast one)
+            x, kernel = (a.astype(compute_dtype).astype(a.dtype) for a in (x, kernel))
         y = jax.lax.conv_general_dilated(
             x, kernel, (stride, stride), padding, dimension_numbers=_DIMS)
-    else:
-        y = jnp.matmul(x, kernel)
+    elif how == "matmul":
+        y = _product(x, kernel.reshape(kernel.shape[-2:]), compute_dtype)
+    else:  # taps
+        stride, padding, out_h, out_w = _conv_geometry(spec, x.shape[1], x.shape[2])
+        dtype = compute_dtype or x.dtype
+        padded = jnp.pad(x.astype(dtype), ((0, 0), *padding, (0, 0)))
+        y = None
+        for dy in range(spec.kernel):
+            for dx in range(spec.kernel):
+                view = padded[:, dy:dy + (out_h - 1) * stride + 1:stride,
+                              dx:dx + (out_w - 1) * stride + 1:stride, :]
+                tap = _product(view, kernel[dy, dx], compute_dtype)
+                y = tap if y is None else y + tap
     if bias is not None:
         y = y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
     return y
+
+
+def _product(x: jax.Array, kernel: jax.Array, compute_dtype: str | None) -> jax.Array:
+    """``x @ kernel`` over the last axis, operands in ``compute_dtype``, result float32."""
+    if compute_dtype is None:
+        return jnp.matmul(x, kernel)
+    return jnp.matmul(x.astype(compute_dtype), kernel.astype(compute_dtype),
+                      preferred_element_type=jnp.float32)
 
 
 def patches(spec: LayerSpec, x: jax.Array) -> jax.Array:
@@ -310,6 +404,7 @@ class _DiscoLinear(nnx.Module):
         # a layer on the replicated input reads everything and has no mask
         self.mask = CommMask(jnp.ones(spec.mask_shape, jnp.float32)) if spec.split_input else None
         self.basis = nnx.data(None)  # directions are channels; see use_basis
+        self.compute_dtype = None  # float32; see set_compute_dtype
 
     def use_basis(self, basis: jax.Array | None = None) -> None:
         """Reads the other nodes' channels in a basis of directions from now on
@@ -354,7 +449,8 @@ class _DiscoLinear(nnx.Module):
                 f"got shape {tuple(x.shape)}")
         note_input(self, x)
         bias = None if self.bias is None else self.bias[...]
-        return linear(self.spec, read_input(self.spec, x), self.masked_kernel(), bias)
+        return linear(self.spec, read_input(self.spec, x), self.masked_kernel(), bias,
+                      compute_dtype=self.compute_dtype)
 
 
 class DiscoConv(_DiscoLinear):
@@ -406,6 +502,22 @@ def disco_layers(model: nnx.Module) -> dict[str, _DiscoLinear]:
         if isinstance(module, _DiscoLinear):
             found["/".join(str(p) for p in path) or module.name] = module
     return found
+
+
+def set_compute_dtype(model: nnx.Module, dtype) -> None:
+    """From now on every DISCO layer of ``model`` (training or inference form)
+    computes its products in ``dtype`` (:data:`COMPUTE_DTYPES`; ``None`` or
+    ``"float32"``: the default). :func:`disco_jax.to_inference` keeps each
+    layer's choice, so set it on the trained model before making its
+    inference form, and the reference and the mesh compute alike.
+
+    Raises:
+      ConfigError: a dtype outside :data:`COMPUTE_DTYPES`.
+    """
+    name = compute_dtype_of(dtype)
+    for _, module in nnx.iter_modules(model):
+        if "compute_dtype" in vars(module):  # DiscoConv, DiscoDense, PlannedLinear
+            module.compute_dtype = name
 
 
 class NodeConcat(nnx.Module):

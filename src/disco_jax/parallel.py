@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from disco_jax.errors import ConfigError
-from disco_jax.layers import LayerSpec, linear, read_input
+from disco_jax.layers import LayerSpec, compute_dtype_of, linear, read_input
 from disco_jax.mesh import (
     AXIS,
     channel_spec,
@@ -55,7 +55,8 @@ def _from_wire(x: jax.Array, payload_dtype, dtype) -> jax.Array:
 def node_forward(spec: LayerSpec, k: int, x: jax.Array, send_idx: jax.Array,
                  kernel: jax.Array, bias: jax.Array | None, *,
                  payload_dtype: jnp.dtype | None = None,
-                 send_proj: jax.Array | None = None) -> jax.Array:
+                 send_proj: jax.Array | None = None,
+                 compute_dtype: str | None = None) -> jax.Array:
     """One node's share of a DISCO layer; call inside ``shard_map`` over ``AXIS``.
 
     Arguments (local shapes):
@@ -68,6 +69,7 @@ def node_forward(spec: LayerSpec, k: int, x: jax.Array, send_idx: jax.Array,
       send_proj: ``f32[1, N-1, C_in/N, k]`` or None: the directions this node
         sends at each shift (``x @ send_proj``) instead of the channels
         ``send_idx`` names.
+      compute_dtype: the dtype of the layer's products (:func:`~disco_jax.layers.linear`).
 
     Returns:
       ``f32[B, H_out, W_out, C_out/N]`` or ``f32[..., C_out/N]``: this node's outputs.
@@ -87,7 +89,8 @@ def node_forward(spec: LayerSpec, k: int, x: jax.Array, send_idx: jax.Array,
             received = jax.lax.ppermute(sent, AXIS, shift_permutation(spec.nodes, shift))
             parts.append(_from_wire(received, payload_dtype, x.dtype))
     x_all = jnp.concatenate(parts, axis=-1) if len(parts) > 1 else x
-    return linear(spec, x_all, kernel[0], None if bias is None else bias[0])
+    return linear(spec, x_all, kernel[0], None if bias is None else bias[0],
+                  compute_dtype=compute_dtype)
 
 
 class DistributedLayer:
@@ -98,12 +101,15 @@ class DistributedLayer:
       mesh: a 1-D mesh over ``AXIS`` with ``plan.spec.nodes`` devices
         (:func:`disco_jax.make_mesh`).
       payload_dtype: dtype the exchanged channels travel in (default float32).
+      compute_dtype: the dtype of the layer's products (default float32;
+        :func:`~disco_jax.layers.linear`).
 
     Calling it with ``x: f32[B, H, W, C_in]`` (or ``[..., C_in]``) returns the
     layer's output ``f32[B, H_out, W_out, C_out]`` sharded over channels.
     """
 
-    def __init__(self, plan: LayerPlan, mesh: Mesh, *, payload_dtype=None):
+    def __init__(self, plan: LayerPlan, mesh: Mesh, *, payload_dtype=None,
+                 compute_dtype=None):
         spec = plan.spec
         if mesh.shape.get(AXIS) != spec.nodes or len(mesh.shape) != 1:
             raise ConfigError(
@@ -111,6 +117,7 @@ class DistributedLayer:
                 f"{dict(mesh.shape)}; build it with disco_jax.make_mesh({spec.nodes})")
         self.plan, self.mesh = plan, mesh
         self.payload_dtype = payload_dtype
+        self.compute_dtype = compute_dtype_of(compute_dtype, plan.name)
         self.send_idx = shard_nodes(jnp.asarray(plan.send_idx), mesh)
         self.kernel = shard_nodes(jnp.asarray(plan.kernel), mesh)
         self.bias = None if plan.bias is None else shard_nodes(jnp.asarray(plan.bias), mesh)
@@ -122,7 +129,8 @@ class DistributedLayer:
         if ndim not in self._fns:
             def body(x, send_idx, kernel, bias, send_proj):
                 return node_forward(self.plan.spec, self.plan.k, x, send_idx, kernel, bias,
-                                    payload_dtype=self.payload_dtype, send_proj=send_proj)
+                                    payload_dtype=self.payload_dtype, send_proj=send_proj,
+                                    compute_dtype=self.compute_dtype)
 
             def spec_of(array):
                 return node_spec() if array is not None else PartitionSpec()
