@@ -168,9 +168,10 @@ def compute_dtype_of(dtype, where: str = "compute_dtype") -> str | None:
     Raises:
       ConfigError: another dtype.
     """
-    name = None if dtype is None else jnp.dtype(dtype).name if not isinstance(
-        dtype, str) else dtype
-    if name not in (None, *COMPUTE_DTYPES):
+    if dtype is None:
+        return None
+    name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+    if name not in COMPUTE_DTYPES:
         raise ConfigError(f"{where}: a layer computes in one of {list(COMPUTE_DTYPES)}, "
                           f"got {dtype!r}")
     return None if name == "float32" else name
@@ -201,8 +202,8 @@ def lowering(spec: LayerSpec, height: int = 1, width: int = 1,
     - ``"taps"``: a K x K conv as the sum of K*K matrix products, one per
       kernel tap, over shifted views of the padded input, in ``compute_dtype``.
 
-    In float32 every conv is ``"conv"`` (XLA:CPU's convolution is as fast as
-    the products there). In bfloat16 the products run on the CPU's matrix
+    In float32 every conv is ``"conv"``: the arithmetic every float32 result
+    of this project was measured with. In bfloat16 the products run on the CPU's matrix
     units where it has them (AMX): 1 x 1 convs and dense layers are
     ``"matmul"``, K x K convs ``"taps"`` unless their output map is larger
     than :data:`TAPS_MAX_PIXELS` or they read fewer than
