@@ -38,7 +38,7 @@ def test_mask_training_quick_run_writes_a_report_with_exact_budgets(tmp_path):
         pytest.skip("apt-get install dataset-fashion-mnist (CI installs it)")
     report_path = tmp_path / "masks.json"
     with jax.numpy_dtype_promotion("standard"):
-        assert mask_training.main(["--quick", "--report", str(report_path)]) == 0
+        assert mask_training.main(["--quick", "--channels", "--report", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
     assert set(report["bytes_plan_vs_budget"]) == {"learned", "random", "no_comm",
                                                    "dense_split"}
@@ -185,3 +185,14 @@ def test_straight_through_masks_come_with_baselines_exact_from_the_same_step():
         method = mask_method(variant, 0.2, schedule, seed=3, start=100)
         assert isinstance(method, sparsify.FixedMask) and method.kind == kind, variant
         assert method.start == 100 and (kind != "random" or method.seed == 3)
+
+
+def test_mask_training_runs_each_mesh_size_s_recipe_unless_told_otherwise():
+    from experiments import mask_training
+
+    two, four = mask_training.parse_args(["--mesh", "2"]), mask_training.parse_args(["--mesh", "4"])
+    assert (two.directions, two.finetune_steps) == (True, 150)
+    assert (four.directions, four.finetune_steps) == (False, 300)
+    told = mask_training.parse_args(["--mesh", "4", "--directions", "--finetune-steps", "450"])
+    assert (told.directions, told.finetune_steps) == (True, 450)
+    assert mask_training.parse_args(["--mesh", "2", "--channels"]).directions is False
