@@ -65,10 +65,10 @@ def verify_layer(layer: _DiscoLinear, x: jax.Array, *, payload_dtype=None,
       layer: a DISCO layer with an exact mask.
       x: a global input, ``f32[B, H, W, C_in]`` or ``f32[B, ..., C_in]``.
       payload_dtype: dtype the exchanged channels travel in (default: x's).
+      name: the layer's name in the result (default: ``layer.name``).
 
     Both forms compute in the layer's compute dtype
     (:func:`disco_jax.set_compute_dtype`).
-      name: the layer's name in the result (default: ``layer.name``).
     """
     plan = compile_layer(layer, name)
     reference = layer(x)
