@@ -281,7 +281,8 @@ def plot(runs: list[dict], path: Path) -> Path:
         ax.set_yscale("log")
         ax.set_xlabel("link")
         ax.set_ylabel("latency (ms, median)")
-        ax.set_title(f"{run['model']}, batch {run['batch']}, {run['nodes']} nodes")
+        products = "" if run["compute_dtype"] == "float32" else f", {run['compute_dtype']}"
+        ax.set_title(f"{run['model']}, batch {run['batch']}, {run['nodes']} nodes{products}")
         ax.legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
