@@ -12,7 +12,10 @@ random masks. Each generated case checks, on one compiled executable
   for two degenerate products that XLA rewrites as elementwise ops: a
   contraction of length one (counted 1 FLOP per product) and a single output
   position with a single output channel per node, a dot product (counted 2R-1
-  FLOPs). Real layers are never degenerate.
+  FLOPs). Real layers are never degenerate. A conv lowered as taps (maps of a
+  few pixels) multiplies every output position by each tap that reads any real
+  pixel, padding included, and adds the taps' products: its FLOPs are the
+  formula's scaled to those positions, plus the adds.
 """
 
 import jax
@@ -24,17 +27,38 @@ from helpers import randomize
 from hypothesis import event, given, settings, strategies as st
 
 import disco_jax as dj
-from disco_jax.accounting import out_spatial
-from disco_jax.layers import linear, lowering, read_input
+from disco_jax.accounting import _taps, out_spatial
+from disco_jax.layers import _conv_geometry, _live_taps, linear, lowering, read_input
 from disco_jax.verify import verify_layer
 
 NODES = [1, 2, 3, 4, 8]
 
 
-def is_degenerate(spec: dj.LayerSpec, k: int, x_shape) -> bool:
-    contraction = (spec.group_in + (spec.nodes - 1) * k) * spec.kernel**2
+def lowered_as_taps(layer, x_shape) -> bool:
+    return (layer.spec.kind == "conv"
+            and lowering(layer.spec, *x_shape[1:3], layer.compute_dtype) == "taps")
+
+
+def is_degenerate(layer, k: int, x_shape) -> bool:
+    spec = layer.spec
+    contraction = (spec.group_in + (spec.nodes - 1) * k) * (
+        1 if lowered_as_taps(layer, x_shape) else spec.kernel**2)
     rows = x_shape[0] * np.prod(out_spatial(spec, x_shape[1:-1]))  # output positions
     return contraction == 1 or (rows == 1 and spec.group_out == 1)
+
+
+def expected_flops(layer, formula: float, x_shape) -> float:
+    """The accounting formula's FLOPs per sample, as the layer's lowering computes them."""
+    spec = layer.spec
+    if not lowered_as_taps(layer, x_shape):
+        return formula
+    size = x_shape[1:3]
+    stride, padding, out_h, out_w = _conv_geometry(spec, *size)
+    live = len(_live_taps(spec.kernel, stride, padding, size, (out_h, out_w)))
+    outputs = out_h * out_w * spec.group_out
+    bias = outputs if spec.use_bias else 0
+    products = (formula - bias) * live * out_h * out_w / _taps(spec, size)
+    return products + (live - 1) * outputs + bias
 
 
 def check_layer(layer, x, *, payload_dtype=None, tol=1e-4, check_flops=True) -> bool:
@@ -43,9 +67,9 @@ def check_layer(layer, x, *, payload_dtype=None, tol=1e-4, check_flops=True) -> 
     assert check.relative_diff <= tol, check
     assert check.hlo_comm_bytes == check.costs["disco"].comm_bytes, check
     assert check.other_collectives == []
-    if not check_flops or is_degenerate(layer.spec, check.k, x.shape):
+    if not check_flops or is_degenerate(layer, check.k, x.shape):
         return False
-    expected = check.costs["disco"].flops
+    expected = expected_flops(layer, check.costs["disco"].flops, x.shape)
     assert abs(check.hlo_flops - expected) <= 0.05 * expected, check
     return True
 
@@ -130,6 +154,7 @@ LOWERINGS = [
     ("conv", dict(kernel=3, strides=1, padding="SAME"), 4, 6),  # too few channels: a stem
     ("conv", dict(kernel=3, strides=1, padding="SAME"), 16, 29),  # map over TAPS_MAX_PIXELS
     ("taps", dict(kernel=1, strides=1, padding=1), 16, 5),  # a padded 1x1: one tap, padded
+    ("taps", dict(kernel=3, strides=1, padding="SAME"), 4, 2),  # few channels, but a 2x2 map
 ]
 
 
@@ -164,9 +189,52 @@ def test_bfloat16_products_are_the_float32_products_of_rounded_operands(expected
     assert float(jnp.max(jnp.abs(got - want))) <= 1e-5 * float(jnp.max(jnp.abs(want)))
 
 
+# (lowering in float32, conv settings, input channels per node, map size, taps computed)
+FLOAT32_LOWERINGS = [
+    ("taps", dict(kernel=3, strides=1, padding="SAME"), 8, 2, 9),
+    ("taps", dict(kernel=3, strides=2, padding=1), 8, 3, 9),  # 3x3 in, 2x2 out
+    ("taps", dict(kernel=3, strides=2, padding="SAME"), 8, 4, 9),  # SAME pads (0, 1) here
+    ("taps", dict(kernel=3, strides=1, padding="SAME"), 8, 1, 1),  # only the centre reads a pixel
+    ("taps", dict(kernel=3, strides=2, padding="SAME"), 8, 2, 4),  # 2x2 in, 1x1 out
+    ("conv", dict(kernel=3, strides=1, padding="SAME"), 8, 3, None),  # 3x3 maps: XLA's conv
+    ("conv", dict(kernel=1, strides=1, padding="SAME"), 8, 2, None),  # pointwise: XLA's conv
+]
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 4])
+@pytest.mark.parametrize("expected,conv,group_in,size,taps", FLOAT32_LOWERINGS)
+def test_float32_convs_on_maps_of_a_few_pixels_are_taps_in_both_forms(nodes, expected, conv,
+                                                                      group_in, size, taps):
+    layer = dj.DiscoConv(nodes * group_in, nodes * 4, conv["kernel"], strides=conv["strides"],
+                         padding=conv["padding"], nodes=nodes, rngs=nnx.Rngs(0))
+    randomize(layer, jax.random.key(nodes), group_in // 4)
+    assert lowering(layer.spec, size, size) == expected
+    if taps is not None:
+        stride, padding, out_h, out_w = _conv_geometry(layer.spec, size, size)
+        assert len(_live_taps(3, stride, padding, (size, size), (out_h, out_w))) == taps
+    x = jax.random.normal(jax.random.key(7), (3, size, size, layer.spec.c_in))
+    assert check_layer(layer, x)  # mesh == reference, HLO bytes == plan, FLOPs as lowered
+
+
+@pytest.mark.parametrize("expected,conv,group_in,size,taps", FLOAT32_LOWERINGS)
+def test_float32_taps_equal_xla_convolution(expected, conv, group_in, size, taps):
+    spec = dj.LayerSpec("conv", group_in, 8, kernel=conv["kernel"], stride=conv["strides"],
+                        padding=conv["padding"])
+    keys = jax.random.split(jax.random.key(size), 3)
+    x = read_input(spec, jax.random.normal(keys[0], (2, size, size, group_in)))
+    kernel, bias = jax.random.normal(keys[1], spec.kernel_shape), jax.random.normal(keys[2], (8,))
+    stride, padding, _, _ = _conv_geometry(spec, size, size)
+    want = jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias[None, None, None]
+    got = linear(spec, x, kernel, bias)
+    assert got.shape == want.shape
+    assert float(jnp.max(jnp.abs(got - want))) <= 1e-5 * float(jnp.max(jnp.abs(want)))
+
+
 def test_float32_keeps_one_xla_convolution_and_dense_layers_are_products():
     spec = dj.LayerSpec("conv", 64, 64, kernel=3)
     assert lowering(spec, 7, 7) == "conv" and lowering(spec, 7, 7, "bfloat16") == "taps"
+    assert lowering(spec, 2, 2) == "taps" == lowering(spec, 2, 2, "bfloat16")
     assert lowering(dj.LayerSpec("dense", 8, 8), compute_dtype="bfloat16") == "matmul"
     layer = dj.DiscoDense(8, 8, nodes=2, rngs=nnx.Rngs(0))
     randomize(layer, jax.random.key(0), 2)

@@ -160,6 +160,12 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 TAPS_MAX_PIXELS = 28 * 28
 #: ... and so does one that reads fewer channels per node than this (a stem).
 TAPS_MIN_CHANNELS = 16
+#: In float32, a K x K conv whose output map has at most this many pixels is
+#: ``"taps"``: XLA:CPU's convolution on such maps is pathological (measured on a
+#: Xeon, one core, 3 x 3 conv, 512 channels, 2 x 2 map: forward 29 ms at batch 1
+#: against 1.4 ms as taps; forward + backward 3.6 s at batch 64 against 27 ms),
+#: while from 3 x 3 maps up the two are level or the convolution wins.
+FLOAT32_TAPS_MAX_PIXELS = 2 * 2
 
 
 def compute_dtype_of(dtype, where: str = "compute_dtype") -> str | None:
@@ -202,24 +208,29 @@ def lowering(spec: LayerSpec, height: int = 1, width: int = 1,
     - ``"taps"``: a K x K conv as the sum of K*K matrix products, one per
       kernel tap, over shifted views of the padded input, in ``compute_dtype``.
 
-    In float32 every conv is ``"conv"``: the arithmetic every float32 result
-    of this project was measured with. In bfloat16 the products run on the CPU's matrix
-    units where it has them (AMX): 1 x 1 convs and dense layers are
-    ``"matmul"``, K x K convs ``"taps"`` unless their output map is larger
-    than :data:`TAPS_MAX_PIXELS` or they read fewer than
-    :data:`TAPS_MIN_CHANNELS` channels per node. The choice depends on the
+    In float32 a conv is ``"conv"``, except a K x K conv whose output map has
+    at most :data:`FLOAT32_TAPS_MAX_PIXELS` pixels: ``"taps"`` (XLA:CPU's
+    convolution is many times slower there, its gradients most of all). In
+    bfloat16 the products run on the CPU's matrix units where it has them
+    (AMX): 1 x 1 convs and dense layers are ``"matmul"``, K x K convs
+    ``"taps"`` unless their output map is larger than :data:`TAPS_MAX_PIXELS`
+    or they read fewer than :data:`TAPS_MIN_CHANNELS` channels per node (and
+    then ``"taps"`` still on maps of at most :data:`FLOAT32_TAPS_MAX_PIXELS`).
+    A tap whose view of the padded input is padding only is left out (on a 1 x
+    1 map a 3 x 3 "SAME" conv is one product). The choice depends on the
     layer's spec and map size only, never on the input width, so a layer's
     training form and every node of its inference form compute it the same way.
     """
     if spec.kind == "dense":
         return "matmul"
-    if compute_dtype is None:
-        return "conv"
     if spec.kernel == 1 and spec.padding in ("SAME", "VALID", 0) and (
             spec.stride == 1 or spec.subsamples_input):
-        return "matmul"
+        return "conv" if compute_dtype is None else "matmul"
     _, _, out_h, out_w = _conv_geometry(spec, height, width)
-    if out_h * out_w > TAPS_MAX_PIXELS or spec.group_in < TAPS_MIN_CHANNELS:
+    pixels = out_h * out_w
+    if pixels <= FLOAT32_TAPS_MAX_PIXELS:
+        return "taps"
+    if compute_dtype is None or pixels > TAPS_MAX_PIXELS or spec.group_in < TAPS_MIN_CHANNELS:
         return "conv"
     return "taps"
 
@@ -257,15 +268,26 @@ def linear(spec: LayerSpec, x: jax.Array, kernel: jax.Array,
         dtype = compute_dtype or x.dtype
         padded = jnp.pad(x.astype(dtype), ((0, 0), *padding, (0, 0)))
         y = None
-        for dy in range(spec.kernel):
-            for dx in range(spec.kernel):
-                view = padded[:, dy:dy + (out_h - 1) * stride + 1:stride,
-                              dx:dx + (out_w - 1) * stride + 1:stride, :]
-                tap = _product(view, kernel[dy, dx], compute_dtype)
-                y = tap if y is None else y + tap
+        for dy, dx in _live_taps(spec.kernel, stride, padding, x.shape[1:3], (out_h, out_w)):
+            view = padded[:, dy:dy + (out_h - 1) * stride + 1:stride,
+                          dx:dx + (out_w - 1) * stride + 1:stride, :]
+            tap = _product(view, kernel[dy, dx], compute_dtype)
+            y = tap if y is None else y + tap
     if bias is not None:
         y = y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
     return y
+
+
+def _live_taps(kernel: int, stride: int, padding, size, out) -> list[tuple[int, int]]:
+    """The kernel taps ``(dy, dx)`` whose view of the padded input reads at
+    least one real pixel (the others add zeros); at least one."""
+    def live(tap, lo, size, count):
+        return any(lo <= tap + i * stride < lo + size for i in range(count))
+
+    taps = [(dy, dx) for dy in range(kernel) for dx in range(kernel)
+            if live(dy, padding[0][0], size[0], out[0])
+            and live(dx, padding[1][0], size[1], out[1])]
+    return taps or [(0, 0)]
 
 
 def _product(x: jax.Array, kernel: jax.Array, compute_dtype: str | None) -> jax.Array:
