@@ -122,6 +122,59 @@ def test_onnx_runtime_runs_the_same_function_as_disco_jax(tmp_path):
     assert report["engines"]["onnxruntime"]["timings"]["2"]["median_ms"] > 0
 
 
+def test_the_profile_names_every_conv_and_product_of_the_program(tmp_path):
+    """Each conv layer lowered as one XLA convolution is a row named by its shape
+    (ONNX Runtime's, with the [bench] extra, the same rows); the classifier a product."""
+    from flax import nnx
+
+    from benchmarks import profile
+    from disco_jax.layers import DiscoConv, lowering, read_input, record_inputs
+
+    args = profile.parse_args(["--model", "resnet18", "--image-size", "32", "--batch", "2",
+                               "--repeats", "2", "--out", str(tmp_path / "profile.json")])
+    assert profile.main(["--model", "resnet18", "--image-size", "32", "--batch", "2",
+                         "--repeats", "2", "--out", str(args.out)]) == 0
+    report = json.loads(args.out.read_text())
+    model, _ = single.single_device_forms(args)
+    with record_inputs() as inputs:
+        model(single._input(args, 2))
+    expected = {}
+    for _, layer in nnx.iter_modules(model):
+        if isinstance(layer, DiscoConv):
+            x = read_input(layer.spec, inputs[id(layer)])  # a strided 1x1 conv subsamples
+            if lowering(layer.spec, *x.shape[1:3]) == "conv":
+                y = layer(inputs[id(layer)])
+                key = profile.conv_key(layer.spec.kernel, x.shape[1:3], layer.spec.c_in,
+                                       y.shape[1:3], layer.spec.c_out)
+                expected[key] = expected.get(key, 0) + 1
+    rows = report["engines"]["disco_jax"]["rows"]
+    convs = {key: row["count"] for key, row in rows.items() if key.startswith("conv")}
+    assert convs == expected and len(expected) >= 5
+    assert "matmul 2x512 @ 512x1000" in rows  # the classifier
+    assert all(row["ms"] > 0 for row in rows.values())
+    onnx = report["engines"]["onnxruntime"]
+    if "rows" in onnx:
+        assert {key: row["count"] for key, row in onnx["rows"].items()
+                if key.startswith("conv")} == expected
+    else:
+        assert "not installed" in onnx["status"]
+
+
+def test_the_profile_of_a_disco_node_shows_its_narrower_convs_and_its_exchanges(tmp_path):
+    from benchmarks import profile
+
+    out = tmp_path / "node.json"
+    assert profile.main(["--model", "resnet18", "--image-size", "32", "--batch", "1",
+                         "--repeats", "2", "--nodes", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = report["engines"]["disco_jax"]["rows"]
+    assert report["nodes"] == 2 and report["comm_ratio"] == 0.2
+    assert rows[profile.EXCHANGE]["count"] > 0 and rows[profile.EXCHANGE]["ms"] > 0
+    # the first stage's 3x3 convs: C/N = 32 own channels + k = floor(0.2 * 32) = 6 received
+    assert rows["conv 3x3/1 8x8x38 -> 8x8x32"]["count"] == 4
+    assert report["engines"]["onnxruntime"] == {"status": "single device only"}
+
+
 def test_single_refuses_an_unknown_engine(capsys):
     with pytest.raises(SystemExit):
         single.parse_args(["--engines", "disco_jax,torch", "--out", "x.json"])

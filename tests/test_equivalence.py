@@ -225,7 +225,8 @@ def test_float32_taps_equal_xla_convolution(expected, conv, group_in, size, taps
     kernel, bias = jax.random.normal(keys[1], spec.kernel_shape), jax.random.normal(keys[2], (8,))
     stride, padding, _, _ = _conv_geometry(spec, size, size)
     want = jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias[None, None, None]
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    want = want + bias[None, None, None]
     got = linear(spec, x, kernel, bias)
     assert got.shape == want.shape
     assert float(jnp.max(jnp.abs(got - want))) <= 1e-5 * float(jnp.max(jnp.abs(want)))

@@ -1,0 +1,318 @@
+"""Where a single-device program's time goes, conv shape by conv shape, next to ONNX Runtime.
+
+    taskset -c 0 python -m benchmarks.profile --model resnet50 --batch 1 --out profile.json
+
+disco_jax's single-device program (the inference form of the ``nodes=1``
+network, BatchNorm folded, under ``jax.jit``, weights as arguments: the
+"single node" row of :mod:`benchmarks.single`) runs ``--repeats`` times under
+``jax.profiler``; the time of every HLO instruction XLA:CPU executes is read
+from the trace. Each instruction is named by what it computes: a convolution
+(or a fusion around one) by its kernel, stride, input map and channels, a
+matrix product by its sizes, anything else by its kind. With the ``[bench]``
+extra, ONNX Runtime runs the same function (exported with jax2onnx, one
+thread) with its own profiler on, and its conv nodes are named the same way,
+so the table shows per conv shape what each engine spends on it and the
+GFLOP/s it reaches. The XLA side needs nothing but jax.
+
+With ``--nodes N`` it profiles a DISCO node instead: the ``nodes=N`` network
+with random exact masks at ``--comm-ratio`` (as :mod:`benchmarks.network`
+times it), compiled for a mesh of N emulated devices in one process (give it
+N cores: ``taskset -c 0,1``); each instruction's time is the mean over the
+nodes, and the exchanges (``collective-permute``, waiting for the other node
+included) are a row of their own. Its convs read C/N + (N-1)k channels.
+
+    taskset -c 0,1 python -m benchmarks.profile --model resnet50 --nodes 2 --out node.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import json
+import math
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.single import _input, _missing, _pure, single_device_forms
+from disco_jax.layers import COMPUTE_DTYPES
+
+_INSTRUCTION = re.compile(
+    r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\w+)\[([\d,]*)\]\S*\s+([\w\-]+)\((.*)$")
+_COMPUTATION = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+OTHER = "everything else"
+EXCHANGE = "exchange (collective-permute)"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="float32")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="1: the single-device program; N > 1: a DISCO node of N")
+    parser.add_argument("--comm-ratio", type=float, default=0.2)
+    parser.add_argument("--out", type=Path, required=True)
+    return parser.parse_args(argv)
+
+
+def conv_key(kernel: int, in_hw, c_in: int, out_hw, c_out: int) -> str:
+    """``"3x3/2 56x56x64 -> 28x28x128"``: one name for a conv in both engines (the
+    stride read from the maps' sizes)."""
+    stride = max(1, round(in_hw[0] / out_hw[0]))
+    return (f"conv {kernel}x{kernel}/{stride} {in_hw[0]}x{in_hw[1]}x{c_in} -> "
+            f"{out_hw[0]}x{out_hw[1]}x{c_out}")
+
+
+def _computations(hlo: str) -> dict[str, dict[str, tuple]]:
+    """``{computation: {instruction: (dims, opcode, rest of line)}}``, the entry as ``""``."""
+    found, current = {}, None
+    for line in hlo.splitlines():
+        header = _COMPUTATION.match(line)
+        if header and "=" not in line.split("{")[0]:
+            current = "" if line.lstrip().startswith("ENTRY") else header.group(1)
+            found[current] = {}
+            continue
+        match = _INSTRUCTION.match(line)
+        if match and current is not None:
+            name, _, dims, opcode, rest = match.groups()
+            found[current][name] = (tuple(int(d) for d in dims.split(",") if d), opcode, rest)
+    return found
+
+
+def _operands(rest: str) -> list[str]:
+    return re.findall(r"%([\w.\-]+)", rest.split(")")[0])
+
+
+def _describe(name, computation, computations, batch) -> tuple[str, float]:
+    """(what instruction ``name`` of ``computation`` computes, its FLOPs per call)."""
+    dims, opcode, rest = computations[computation][name]
+    if opcode.startswith("collective-permute"):
+        return EXCHANGE, 0.0
+    if opcode in ("fusion", "call", "custom-call"):
+        called = re.search(r"(?:calls|to_apply)=%?([\w.\-]+)", rest)
+        if called and called.group(1) in computations:
+            inner = computations[called.group(1)]
+            for kind in ("convolution", "dot"):
+                for inner_name, (_, inner_opcode, _) in inner.items():
+                    if inner_opcode == kind:
+                        return _describe(inner_name, called.group(1), computations, batch)
+        return OTHER, 0.0
+    table = computations[computation]
+    if opcode == "convolution":
+        window = re.search(r"size=(\d+)x(\d+)", rest)
+        labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", rest)
+        lhs, rhs = (table[o][0] for o in _operands(rest)[:2])
+        kernel = int(window.group(1)) if window else 1
+        lhs_labels, rhs_labels, out_labels = labels.groups()
+        spatial = [lhs[lhs_labels.index(d)] for d in "01"]
+        out_spatial = [dims[out_labels.index(d)] for d in "01"]
+        c_in, c_out = rhs[rhs_labels.index("i")], rhs[rhs_labels.index("o")]
+        flops = 2.0 * math.prod(dims) * kernel * kernel * c_in
+        if dims[out_labels.index("b")] != batch:  # a gradient-shaped conv: not in inference
+            return f"conv {kernel}x{kernel} (other layout)", flops
+        return conv_key(kernel, spatial, c_in * _groups(rest), out_spatial, c_out), flops
+    if opcode == "dot":
+        lhs = table[_operands(rest)[0]][0]
+        contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
+        k = math.prod(lhs[int(i)] for i in contracting.group(1).split(",") if i)
+        rows = math.prod(dims) // max(dims[-1], 1)
+        return f"matmul {rows}x{k} @ {k}x{dims[-1]}", 2.0 * math.prod(dims) * k
+    return OTHER, 0.0
+
+
+def _groups(rest: str) -> int:
+    match = re.search(r"feature_group_count=(\d+)", rest)
+    return int(match.group(1)) if match else 1
+
+
+def _trace_durations(directory: Path) -> dict[str, float]:
+    """Microseconds per event name over the whole trace."""
+    totals = collections.Counter()
+    for path in directory.rglob("*.json.gz"):
+        events = json.load(gzip.open(path))
+        events = events["traceEvents"] if isinstance(events, dict) else events
+        for event in events:
+            if event.get("ph") == "X":
+                totals[event["name"]] += event.get("dur", 0.0)
+    return totals
+
+
+def _single_program(args, forms):
+    """disco_jax's single-device program: (compiled, its arguments)."""
+    import jax
+    from flax import nnx
+
+    _, inference = forms
+    graphdef, state = nnx.split(inference)
+    program = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+    x = jax.device_put(_input(args, args.batch))
+    return program.lower(state, x).compile(), (state, x)
+
+
+def _node_program(args):
+    """A DISCO node's program on a mesh of ``args.nodes`` devices: (compiled, its arguments)."""
+    import jax
+    from flax import nnx
+
+    import disco_jax as dj
+    from disco_jax import sparsify
+    from disco_jax.models import NETWORKS
+
+    model = NETWORKS[args.model](classes=args.classes, nodes=args.nodes, in_channels=3,
+                                 stem="imagenet", rngs=nnx.Rngs(0))
+    sparsify.FixedMask("dense_split").update(model, 0)
+    model.eval()
+    dj.set_compute_dtype(model, args.compute_dtype)
+    dj.set_random_masks(model, jax.random.key(1), args.comm_ratio)
+    distributed = dj.DistributedModel(model, dj.make_mesh(args.nodes), dj.compile_plan(model),
+                                      output_channels=args.classes)
+    x = _input(args, args.batch)
+    return distributed.compile(x), distributed.inputs(x)
+
+
+def profile_xla(args, forms) -> dict:
+    import jax
+
+    from benchmarks.latency import timed
+
+    compiled, arguments = (_single_program(args, forms) if args.nodes == 1
+                           else _node_program(args))
+    computations = _computations(compiled.as_text())
+    wall = timed(lambda: jax.block_until_ready(compiled(*arguments)), args.repeats)
+    with tempfile.TemporaryDirectory() as directory:
+        with jax.profiler.trace(directory, create_perfetto_trace=True):
+            for _ in range(args.repeats):
+                jax.block_until_ready(compiled(*arguments))
+        durations = _trace_durations(Path(directory))
+    runs = args.repeats * args.nodes  # every node runs every instruction once per call
+    rows = collections.defaultdict(lambda: {"count": 0, "ms": 0.0, "flops": 0.0})
+    for name in computations[""]:
+        if name not in durations:
+            continue  # parameters, tuples, bitcasts: nothing executed
+        key, flops = _describe(name, "", computations, args.batch)
+        rows[key]["count"] += 1
+        rows[key]["ms"] += durations[name] / 1000.0 / runs
+        rows[key]["flops"] += flops
+    return {"engine": f"jax {jax.__version__} (XLA:{jax.devices()[0].platform}), "
+                      f"{args.compute_dtype} products",
+            "wall_ms": wall["median_ms"], "rows": dict(rows)}
+
+
+def profile_onnxruntime(args, forms) -> dict:
+    missing = _missing("onnxruntime", "onnx", "jax2onnx")
+    if missing:
+        return {"status": missing}
+    import onnxruntime
+    from jax2onnx import to_onnx
+
+    from benchmarks.latency import timed
+
+    x = _input(args, args.batch)
+    proto = to_onnx(_pure(forms[1]), [x.shape], model_name=args.model)
+    with tempfile.TemporaryDirectory() as directory:
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(proto.SerializeToString(), options,
+                                               providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x}
+        wall = timed(lambda: session.run(None, feed), args.repeats)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(directory) / "ort")
+        session = onnxruntime.InferenceSession(proto.SerializeToString(), options,
+                                               providers=["CPUExecutionProvider"])
+        session.run(None, feed)  # warm-up, dropped below
+        for _ in range(args.repeats):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    runs = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    per_run = len(runs) // (args.repeats + 1)
+    rows = collections.defaultdict(lambda: {"count": 0, "ms": 0.0, "flops": 0.0})
+    for event in runs[per_run:]:  # after the warm-up
+        key, flops = _describe_onnx(event["args"])
+        rows[key]["count"] += 1
+        rows[key]["ms"] += event["dur"] / 1000.0 / args.repeats
+        rows[key]["flops"] += flops
+    for row in rows.values():
+        row["count"] //= args.repeats
+        row["flops"] /= args.repeats
+    return {"engine": f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider, 1 thread)",
+            "wall_ms": wall["median_ms"], "rows": dict(rows)}
+
+
+def _describe_onnx(node: dict) -> tuple[str, float]:
+    """(what an ONNX Runtime node computes, its FLOPs), named as :func:`_describe` names XLA's."""
+    op = node.get("op_name", "")
+    if not any(kind in op for kind in ("Conv", "MatMul", "Gemm")):
+        return OTHER, 0.0
+    shapes = [next(iter(s.values())) for s in node["input_type_shape"]]
+    out = next(iter(node["output_type_shape"][0].values()))
+    if "Conv" not in op:  # [..., K] @ [K, N]
+        rows, k, n = math.prod(shapes[0][:-1]), shapes[0][-1], out[-1]
+        return f"matmul {rows}x{k} @ {k}x{n}", 2.0 * rows * k * n
+    image, weight = shapes[0], shapes[1]  # NCHW (channels possibly blocked), OIHW
+    c_out, c_in_group, kernel = weight[0], weight[1], weight[2]
+    flops = 2.0 * math.prod(out[2:]) * out[0] * c_out * c_in_group * kernel * weight[3]
+    # these networks have no grouped convs: the weight's C_in per group is C_in
+    return conv_key(kernel, image[2:4], c_in_group, out[2:4], c_out), flops
+
+
+def table(report: dict) -> str:
+    engines = report["engines"]
+    xla = engines["disco_jax"]["rows"]
+    ort = engines.get("onnxruntime", {}).get("rows", {})
+    keys = sorted(set(xla) | set(ort), key=lambda k: -(xla.get(k, {}).get("ms", 0.0)))
+    lines = [f"{'what':44} {'n':>3} {'XLA ms':>8} {'GFLOP/s':>8} {'ORT ms':>8} {'GFLOP/s':>8}"]
+    for key in keys:
+        cells = []
+        for rows in (xla, ort):
+            row = rows.get(key)
+            if row is None:
+                cells.append(f"{'':>8} {'':>8}")
+                continue
+            rate = row["flops"] / row["ms"] / 1e6 if row["ms"] and row["flops"] else 0.0
+            cells.append(f"{row['ms']:8.2f} {rate:8.1f}" if rate else f"{row['ms']:8.2f} {'':>8}")
+        count = (xla.get(key) or ort.get(key))["count"]
+        lines.append(f"{key:44} {count:3d} {cells[0]} {cells[1]}")
+    for name, row in engines.items():
+        if "rows" in row:
+            total = sum(r["ms"] for r in row["rows"].values())
+            lines.append(f"{name}: ops {total:.1f} ms, wall {row['wall_ms']:.1f} ms per call "
+                         f"({row['engine']})")
+        else:
+            lines.append(f"{name}: {row['status']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.nodes > 1:
+        from disco_jax.mesh import ensure_host_devices
+
+        ensure_host_devices(args.nodes)
+    forms = single_device_forms(args, None if args.compute_dtype == "float32"
+                                else args.compute_dtype)
+    report = {"model": args.model, "input_shape": [args.image_size, args.image_size, 3],
+              "batch": args.batch, "repeats": args.repeats, "compute_dtype": args.compute_dtype,
+              "nodes": args.nodes, "comm_ratio": args.comm_ratio if args.nodes > 1 else None,
+              "engines": {"disco_jax": profile_xla(args, forms)}}
+    if args.nodes > 1:
+        report["engines"]["onnxruntime"] = {"status": "single device only"}
+    elif args.compute_dtype == "float32":
+        report["engines"]["onnxruntime"] = profile_onnxruntime(args, forms)
+    else:
+        report["engines"]["onnxruntime"] = {"status": "float32 only"}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(table(report), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
