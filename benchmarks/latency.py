@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -147,7 +148,8 @@ def run(args) -> dict:
         "comm_bytes_per_image": {v: c.comm_bytes for v, c in costs.items()},
         "flops_per_node_per_image": {v: c.flops for v, c in costs.items()},
         "programs": {f"{v}/{b}": info for (v, b), (_, _, info) in programs.items()},
-        "links": links, "jax": jax.__version__, "platform": jax.devices()[0].platform,
+        "links": links, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax": jax.__version__, "platform": jax.devices()[0].platform,
     }
 
 

@@ -67,6 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cpus", default="0,1", help="the two nodes' cores (default 0,1)")
     parser.add_argument("--quick", action="store_true",
                         help="ResNet-18, batch 1, 3 repeats: under 5 minutes")
+    parser.add_argument("--xla-defaults", action="store_true",
+                        help="keep XLA:CPU's default fusions (without it the run adds "
+                             "disco_jax.mesh.FAST_CPU_FLAGS to XLA_FLAGS)")
     parser.add_argument("--report", type=Path, default=Path("reports/network.json"))
     parser.add_argument("--plot", type=Path, help="PNG (default: the report's name, .png)")
     args = parser.parse_args(argv)
@@ -161,7 +164,8 @@ def measure_single(model: str, args) -> dict:
                    "--model", model, "--image-size", str(args.image_size),
                    "--compute-dtype", args.compute_dtype,
                    "--batches", ",".join(map(str, args.batches)),
-                   "--repeats", str(args.repeats), "--out", str(out)]
+                   "--repeats", str(args.repeats), "--out", str(out),
+                   *(["--xla-defaults"] if args.xla_defaults else [])]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise SingleRowsFailed(f"the single-node rows failed ({' '.join(command[3:])}):\n"
@@ -293,6 +297,10 @@ def plot(runs: list[dict], path: Path) -> Path:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from disco_jax.launch import NodeFailure
+    from disco_jax.mesh import use_fast_cpu_flags
+
+    if not args.xla_defaults:
+        use_fast_cpu_flags()  # before the nodes and the single rows start: they inherit it
 
     why_not = can_shape_links()
     rates = args.rates
@@ -317,6 +325,7 @@ def main(argv=None) -> int:
         print("interrupted; the network namespace was removed", file=sys.stderr)
         return 130
     report = {
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "date": datetime.date.today().isoformat(),
         "command": "python -m benchmarks.network " + " ".join(sys.argv[1:] if argv is None
                                                                else argv),

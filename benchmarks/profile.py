@@ -31,6 +31,7 @@ import collections
 import gzip
 import json
 import math
+import os
 import re
 import sys
 import tempfile
@@ -59,6 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="1: the single-device program; N > 1: a DISCO node of N")
     parser.add_argument("--comm-ratio", type=float, default=0.2)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--xla-defaults", action="store_true",
+                        help="keep XLA:CPU's default fusions (without it the run adds "
+                             "disco_jax.mesh.FAST_CPU_FLAGS to XLA_FLAGS)")
     return parser.parse_args(argv)
 
 
@@ -133,14 +137,16 @@ def _groups(rest: str) -> int:
 
 
 def _trace_durations(directory: Path) -> dict[str, float]:
-    """Microseconds per event name over the whole trace."""
+    """Microseconds per executed HLO instruction over the whole trace (jax writes
+    the same events to two files: one is read)."""
     totals = collections.Counter()
-    for path in directory.rglob("*.json.gz"):
-        events = json.load(gzip.open(path))
-        events = events["traceEvents"] if isinstance(events, dict) else events
-        for event in events:
-            if event.get("ph") == "X":
-                totals[event["name"]] += event.get("dur", 0.0)
+    paths = sorted(directory.rglob("*.json.gz"), key=lambda p: p.name != "perfetto_trace.json.gz")
+    events = json.load(gzip.open(paths[0]))
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    for event in events:
+        op = (event.get("args") or {}).get("hlo_op")
+        if event.get("ph") == "X" and op:
+            totals[op] += event.get("dur", 0.0)
     return totals
 
 
@@ -292,6 +298,10 @@ def table(report: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not args.xla_defaults:
+        from disco_jax.mesh import use_fast_cpu_flags
+
+        use_fast_cpu_flags()
     if args.nodes > 1:
         from disco_jax.mesh import ensure_host_devices
 
@@ -301,6 +311,7 @@ def main(argv=None) -> int:
     report = {"model": args.model, "input_shape": [args.image_size, args.image_size, 3],
               "batch": args.batch, "repeats": args.repeats, "compute_dtype": args.compute_dtype,
               "nodes": args.nodes, "comm_ratio": args.comm_ratio if args.nodes > 1 else None,
+              "xla_flags": os.environ.get("XLA_FLAGS", ""),
               "engines": {"disco_jax": profile_xla(args, forms)}}
     if args.nodes > 1:
         report["engines"]["onnxruntime"] = {"status": "single device only"}

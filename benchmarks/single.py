@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -62,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--engines", default="disco_jax,onnxruntime,tensorflow",
                         help="comma-separated, from disco_jax, onnxruntime, tensorflow")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--xla-defaults", action="store_true",
+                        help="keep XLA:CPU's default fusions (without it the run adds "
+                             "disco_jax.mesh.FAST_CPU_FLAGS to XLA_FLAGS)")
     args = parser.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
     args.engines = args.engines.split(",")
@@ -199,12 +203,17 @@ ENGINES = {"disco_jax": time_disco_jax, "onnxruntime": time_onnxruntime,
 def run(args) -> dict:
     forms = single_device_forms(args)  # float32: what the ONNX export starts from
     return {"model": args.model, "input_shape": [args.image_size, args.image_size, 3],
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "classes": args.classes, "batches": args.batches, "repeats": args.repeats,
             "engines": {name: ENGINES[name](args, forms) for name in args.engines}}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not args.xla_defaults:
+        from disco_jax.mesh import use_fast_cpu_flags
+
+        use_fast_cpu_flags()
     report = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))

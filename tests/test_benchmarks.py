@@ -130,10 +130,10 @@ def test_the_profile_names_every_conv_and_product_of_the_program(tmp_path):
     from benchmarks import profile
     from disco_jax.layers import DiscoConv, lowering, read_input, record_inputs
 
-    args = profile.parse_args(["--model", "resnet18", "--image-size", "32", "--batch", "2",
-                               "--repeats", "2", "--out", str(tmp_path / "profile.json")])
-    assert profile.main(["--model", "resnet18", "--image-size", "32", "--batch", "2",
-                         "--repeats", "2", "--out", str(args.out)]) == 0
+    argv = ["--model", "resnet18", "--image-size", "32", "--batch", "2", "--repeats", "2",
+            "--xla-defaults", "--out", str(tmp_path / "profile.json")]  # flags: test_mesh
+    args = profile.parse_args(argv)
+    assert profile.main(argv) == 0
     report = json.loads(args.out.read_text())
     model, _ = single.single_device_forms(args)
     with record_inputs() as inputs:
@@ -142,20 +142,22 @@ def test_the_profile_names_every_conv_and_product_of_the_program(tmp_path):
     for _, layer in nnx.iter_modules(model):
         if isinstance(layer, DiscoConv):
             x = read_input(layer.spec, inputs[id(layer)])  # a strided 1x1 conv subsamples
-            if lowering(layer.spec, *x.shape[1:3]) == "conv":
+            # (XLA may run a 1x1 conv as a dot: the KxK ones are compared)
+            if layer.spec.kernel > 1 and lowering(layer.spec, *x.shape[1:3]) == "conv":
                 y = layer(inputs[id(layer)])
                 key = profile.conv_key(layer.spec.kernel, x.shape[1:3], layer.spec.c_in,
                                        y.shape[1:3], layer.spec.c_out)
                 expected[key] = expected.get(key, 0) + 1
     rows = report["engines"]["disco_jax"]["rows"]
-    convs = {key: row["count"] for key, row in rows.items() if key.startswith("conv")}
-    assert convs == expected and len(expected) >= 5
+    convs = {key: row["count"] for key, row in rows.items()
+             if key.startswith("conv") and not key.startswith("conv 1x1")}
+    assert convs == expected and len(expected) >= 3
     assert "matmul 2x512 @ 512x1000" in rows  # the classifier
     assert all(row["ms"] > 0 for row in rows.values())
     onnx = report["engines"]["onnxruntime"]
     if "rows" in onnx:
         assert {key: row["count"] for key, row in onnx["rows"].items()
-                if key.startswith("conv")} == expected
+                if key.startswith("conv") and not key.startswith("conv 1x1")} == expected
     else:
         assert "not installed" in onnx["status"]
 
@@ -165,7 +167,8 @@ def test_the_profile_of_a_disco_node_shows_its_narrower_convs_and_its_exchanges(
 
     out = tmp_path / "node.json"
     assert profile.main(["--model", "resnet18", "--image-size", "32", "--batch", "1",
-                         "--repeats", "2", "--nodes", "2", "--out", str(out)]) == 0
+                         "--repeats", "2", "--nodes", "2", "--xla-defaults",
+                         "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     rows = report["engines"]["disco_jax"]["rows"]
     assert report["nodes"] == 2 and report["comm_ratio"] == 0.2

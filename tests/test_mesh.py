@@ -61,3 +61,16 @@ def test_ensure_host_devices_provides_emulated_devices_in_a_fresh_process():
 def test_ensure_host_devices_respects_a_device_count_the_user_set():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=5")
     assert run_python(PROBE, env) == "5"
+
+
+FAST = ("from disco_jax.mesh import use_fast_cpu_flags; import jax; use_fast_cpu_flags(); "
+        "jax.numpy.zeros(1).block_until_ready(); import os; print(os.environ['XLA_FLAGS']); "
+        "print(use_fast_cpu_flags())")
+
+
+def test_fast_cpu_flags_are_added_before_the_backend_starts_and_never_override():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    added, after_start = run_python(FAST, env).splitlines()
+    assert added == after_start == " ".join(dj.mesh.FAST_CPU_FLAGS)
+    chosen = "--xla_cpu_experimental_ynn_fusion_type=individual_dot --xla_cpu_use_xnnpack=false"
+    assert run_python(FAST, env | {"XLA_FLAGS": chosen}).splitlines() == [chosen, chosen]
