@@ -8,9 +8,11 @@ network, BatchNorm folded, under ``jax.jit``, weights as arguments: the
 ``jax.profiler``; the time of every HLO instruction XLA:CPU executes is read
 from the trace. Each instruction is named by what it computes: a convolution
 (or a fusion around one) by its kernel, stride, input map and channels, a
-matrix product by its sizes, anything else by its kind. With the ``[bench]``
-extra, ONNX Runtime runs the same function (exported with jax2onnx, one
-thread) with its own profiler on, and its conv nodes are named the same way,
+matrix product (or a 1x1 conv: one product, every output pixel a row, as
+XLA often rewrites it) by its sizes, anything else by its kind. With the
+``[bench]`` extra, ONNX Runtime runs the same function (exported with
+jax2onnx, one thread) with its own profiler on, and its conv and product
+nodes are named the same way,
 so the table shows per conv shape what each engine spends on it and the
 GFLOP/s it reaches. The XLA side needs nothing but jax.
 
@@ -74,6 +76,12 @@ def conv_key(kernel: int, in_hw, c_in: int, out_hw, c_out: int) -> str:
             f"{out_hw[0]}x{out_hw[1]}x{c_out}")
 
 
+def product_key(rows: int, k: int, n: int) -> str:
+    """``"matmul 3136x64 @ 64x256"``: a matrix product, or a 1x1 conv (every
+    output pixel a row), which engines run as one (XLA often rewrites it so)."""
+    return f"matmul {rows}x{k} @ {k}x{n}"
+
+
 def _computations(hlo: str) -> dict[str, dict[str, tuple]]:
     """``{computation: {instruction: (dims, opcode, rest of line)}}``, the entry as ``""``."""
     found, current = {}, None
@@ -121,13 +129,15 @@ def _describe(name, computation, computations, batch) -> tuple[str, float]:
         flops = 2.0 * math.prod(dims) * kernel * kernel * c_in
         if dims[out_labels.index("b")] != batch:  # a gradient-shaped conv: not in inference
             return f"conv {kernel}x{kernel} (other layout)", flops
+        if kernel == 1:
+            return product_key(batch * math.prod(out_spatial), c_in, c_out), flops
         return conv_key(kernel, spatial, c_in * _groups(rest), out_spatial, c_out), flops
     if opcode == "dot":
         lhs = table[_operands(rest)[0]][0]
         contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
         k = math.prod(lhs[int(i)] for i in contracting.group(1).split(",") if i)
         rows = math.prod(dims) // max(dims[-1], 1)
-        return f"matmul {rows}x{k} @ {k}x{dims[-1]}", 2.0 * math.prod(dims) * k
+        return product_key(rows, k, dims[-1]), 2.0 * math.prod(dims) * k
     return OTHER, 0.0
 
 
@@ -261,10 +271,12 @@ def _describe_onnx(node: dict) -> tuple[str, float]:
     out = next(iter(node["output_type_shape"][0].values()))
     if "Conv" not in op:  # [..., K] @ [K, N]
         rows, k, n = math.prod(shapes[0][:-1]), shapes[0][-1], out[-1]
-        return f"matmul {rows}x{k} @ {k}x{n}", 2.0 * rows * k * n
+        return product_key(rows, k, n), 2.0 * rows * k * n
     image, weight = shapes[0], shapes[1]  # NCHW (channels possibly blocked), OIHW
     c_out, c_in_group, kernel = weight[0], weight[1], weight[2]
     flops = 2.0 * math.prod(out[2:]) * out[0] * c_out * c_in_group * kernel * weight[3]
+    if kernel == 1:
+        return product_key(out[0] * math.prod(out[2:4]), c_in_group, c_out), flops
     # these networks have no grouped convs: the weight's C_in per group is C_in
     return conv_key(kernel, image[2:4], c_in_group, out[2:4], c_out), flops
 

@@ -142,7 +142,7 @@ def test_the_profile_names_every_conv_and_product_of_the_program(tmp_path):
     for _, layer in nnx.iter_modules(model):
         if isinstance(layer, DiscoConv):
             x = read_input(layer.spec, inputs[id(layer)])  # a strided 1x1 conv subsamples
-            # (XLA may run a 1x1 conv as a dot: the KxK ones are compared)
+            # (a 1x1 conv is named as the product it is: the KxK ones are compared)
             if layer.spec.kernel > 1 and lowering(layer.spec, *x.shape[1:3]) == "conv":
                 y = layer(inputs[id(layer)])
                 key = profile.conv_key(layer.spec.kernel, x.shape[1:3], layer.spec.c_in,
