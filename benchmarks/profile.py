@@ -16,14 +16,9 @@ nodes are named the same way,
 so the table shows per conv shape what each engine spends on it and the
 GFLOP/s it reaches. The XLA side needs nothing but jax.
 
-With ``--nodes N`` it profiles a DISCO node instead: the ``nodes=N`` network
-with random exact masks at ``--comm-ratio`` (as :mod:`benchmarks.network`
-times it), compiled for a mesh of N emulated devices in one process (give it
-N cores: ``taskset -c 0,1``); each instruction's time is the mean over the
-nodes, and the exchanges (``collective-permute``, waiting for the other node
-included) are a row of their own. Its convs read C/N + (N-1)k channels.
-
-    taskset -c 0,1 python -m benchmarks.profile --model resnet50 --nodes 2 --out node.json
+A DISCO node's program is not profiled here: on a mesh of emulated devices
+XLA:CPU's trace events do not cover the work (per-op times summed to half of
+the wall time, conv rates above the core's peak), so they would mislead.
 """
 
 from __future__ import annotations
@@ -46,7 +41,6 @@ _INSTRUCTION = re.compile(
     r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\w+)\[([\d,]*)\]\S*\s+([\w\-]+)\((.*)$")
 _COMPUTATION = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 OTHER = "everything else"
-EXCHANGE = "exchange (collective-permute)"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,9 +52,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="float32")
-    parser.add_argument("--nodes", type=int, default=1,
-                        help="1: the single-device program; N > 1: a DISCO node of N")
-    parser.add_argument("--comm-ratio", type=float, default=0.2)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--xla-defaults", action="store_true",
                         help="keep XLA:CPU's default fusions (without it the run adds "
@@ -105,8 +96,6 @@ def _operands(rest: str) -> list[str]:
 def _describe(name, computation, computations, batch) -> tuple[str, float]:
     """(what instruction ``name`` of ``computation`` computes, its FLOPs per call)."""
     dims, opcode, rest = computations[computation][name]
-    if opcode.startswith("collective-permute"):
-        return EXCHANGE, 0.0
     if opcode in ("fusion", "call", "custom-call"):
         called = re.search(r"(?:calls|to_apply)=%?([\w.\-]+)", rest)
         if called and called.group(1) in computations:
@@ -172,34 +161,12 @@ def _single_program(args, forms):
     return program.lower(state, x).compile(), (state, x)
 
 
-def _node_program(args):
-    """A DISCO node's program on a mesh of ``args.nodes`` devices: (compiled, its arguments)."""
-    import jax
-    from flax import nnx
-
-    import disco_jax as dj
-    from disco_jax import sparsify
-    from disco_jax.models import NETWORKS
-
-    model = NETWORKS[args.model](classes=args.classes, nodes=args.nodes, in_channels=3,
-                                 stem="imagenet", rngs=nnx.Rngs(0))
-    sparsify.FixedMask("dense_split").update(model, 0)
-    model.eval()
-    dj.set_compute_dtype(model, args.compute_dtype)
-    dj.set_random_masks(model, jax.random.key(1), args.comm_ratio)
-    distributed = dj.DistributedModel(model, dj.make_mesh(args.nodes), dj.compile_plan(model),
-                                      output_channels=args.classes)
-    x = _input(args, args.batch)
-    return distributed.compile(x), distributed.inputs(x)
-
-
 def profile_xla(args, forms) -> dict:
     import jax
 
     from benchmarks.latency import timed
 
-    compiled, arguments = (_single_program(args, forms) if args.nodes == 1
-                           else _node_program(args))
+    compiled, arguments = _single_program(args, forms)
     computations = _computations(compiled.as_text())
     wall = timed(lambda: jax.block_until_ready(compiled(*arguments)), args.repeats)
     with tempfile.TemporaryDirectory() as directory:
@@ -207,7 +174,7 @@ def profile_xla(args, forms) -> dict:
             for _ in range(args.repeats):
                 jax.block_until_ready(compiled(*arguments))
         durations = _trace_durations(Path(directory))
-    runs = args.repeats * args.nodes  # every node runs every instruction once per call
+    runs = args.repeats
     rows = collections.defaultdict(lambda: {"count": 0, "ms": 0.0, "flops": 0.0})
     for name in computations[""]:
         if name not in durations:
@@ -314,20 +281,13 @@ def main(argv=None) -> int:
         from disco_jax.mesh import use_fast_cpu_flags
 
         use_fast_cpu_flags()
-    if args.nodes > 1:
-        from disco_jax.mesh import ensure_host_devices
-
-        ensure_host_devices(args.nodes)
     forms = single_device_forms(args, None if args.compute_dtype == "float32"
                                 else args.compute_dtype)
     report = {"model": args.model, "input_shape": [args.image_size, args.image_size, 3],
               "batch": args.batch, "repeats": args.repeats, "compute_dtype": args.compute_dtype,
-              "nodes": args.nodes, "comm_ratio": args.comm_ratio if args.nodes > 1 else None,
               "xla_flags": os.environ.get("XLA_FLAGS", ""),
               "engines": {"disco_jax": profile_xla(args, forms)}}
-    if args.nodes > 1:
-        report["engines"]["onnxruntime"] = {"status": "single device only"}
-    elif args.compute_dtype == "float32":
+    if args.compute_dtype == "float32":
         report["engines"]["onnxruntime"] = profile_onnxruntime(args, forms)
     else:
         report["engines"]["onnxruntime"] = {"status": "float32 only"}

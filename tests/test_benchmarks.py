@@ -162,22 +162,6 @@ def test_the_profile_names_every_conv_and_product_of_the_program(tmp_path):
         assert "not installed" in onnx["status"]
 
 
-def test_the_profile_of_a_disco_node_shows_its_narrower_convs_and_its_exchanges(tmp_path):
-    from benchmarks import profile
-
-    out = tmp_path / "node.json"
-    assert profile.main(["--model", "resnet18", "--image-size", "32", "--batch", "1",
-                         "--repeats", "2", "--nodes", "2", "--xla-defaults",
-                         "--out", str(out)]) == 0
-    report = json.loads(out.read_text())
-    rows = report["engines"]["disco_jax"]["rows"]
-    assert report["nodes"] == 2 and report["comm_ratio"] == 0.2
-    assert rows[profile.EXCHANGE]["count"] > 0 and rows[profile.EXCHANGE]["ms"] > 0
-    # the first stage's 3x3 convs: C/N = 32 own channels + k = floor(0.2 * 32) = 6 received
-    assert rows["conv 3x3/1 8x8x38 -> 8x8x32"]["count"] == 4
-    assert report["engines"]["onnxruntime"] == {"status": "single device only"}
-
-
 def test_single_refuses_an_unknown_engine(capsys):
     with pytest.raises(SystemExit):
         single.parse_args(["--engines", "disco_jax,torch", "--out", "x.json"])
