@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def conv_key(kernel: int, in_hw, c_in: int, out_hw, c_out: int) -> str:
-    """``"3x3/2 56x56x64 -> 28x28x128"``: one name for a conv in both engines (the
+    """``"conv 3x3/2 56x56x64 -> 28x28x128"``: one name for a conv in both engines (the
     stride read from the maps' sizes)."""
     stride = max(1, round(in_hw[0] / out_hw[0]))
     return (f"conv {kernel}x{kernel}/{stride} {in_hw[0]}x{in_hw[1]}x{c_in} -> "

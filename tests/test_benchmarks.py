@@ -162,6 +162,18 @@ def test_the_profile_names_every_conv_and_product_of_the_program(tmp_path):
         assert "not installed" in onnx["status"]
 
 
+def test_the_train_step_benchmark_times_an_experiments_step(capsys):
+    import jax
+
+    from benchmarks import train_step
+
+    with jax.numpy_dtype_promotion("standard"):  # optax's AdamW mixes Python floats in
+        seconds = train_step.main(["experiments.resnet50", "resnet18", "--quick",
+                                   "--repeats", "2"])
+    assert seconds > 0
+    assert "experiments.resnet50 resnet18, float32: batch 16, step" in capsys.readouterr().out
+
+
 def test_single_refuses_an_unknown_engine(capsys):
     with pytest.raises(SystemExit):
         single.parse_args(["--engines", "disco_jax,torch", "--out", "x.json"])

@@ -65,7 +65,7 @@ FAST_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
 YNNPACK fusions (jax 0.10's XLA:CPU fuses whole ResNet stages into one, and
 runs ResNet-50's last stage at ~1.4 GFLOP/s there; measured on a Xeon, one
 core, 224 px, batch 1: 99 ms with them, 64-66 ms without; batch 8: 601 / 485
-ms; the main job's training step 711 / 661 ms). The benchmarks use them
+ms; the main job's training step 715 / 639 ms). The benchmarks use them
 (:func:`use_fast_cpu_flags`); the experiments do not yet, so that their
 reported figures stay reproducible."""
 
