@@ -45,6 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import add_xla_defaults_option, apply_xla_flags
 from benchmarks.latency import rate_bits
 
 RATES = ("100mbit", "1gbit", "unlimited")
@@ -67,9 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cpus", default="0,1", help="the two nodes' cores (default 0,1)")
     parser.add_argument("--quick", action="store_true",
                         help="ResNet-18, batch 1, 3 repeats: under 5 minutes")
-    parser.add_argument("--xla-defaults", action="store_true",
-                        help="keep XLA:CPU's default fusions (without it the run adds "
-                             "disco_jax.mesh.FAST_CPU_FLAGS to XLA_FLAGS)")
+    add_xla_defaults_option(parser)
     parser.add_argument("--report", type=Path, default=Path("reports/network.json"))
     parser.add_argument("--plot", type=Path, help="PNG (default: the report's name, .png)")
     args = parser.parse_args(argv)
@@ -297,10 +296,7 @@ def plot(runs: list[dict], path: Path) -> Path:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from disco_jax.launch import NodeFailure
-    from disco_jax.mesh import use_fast_cpu_flags
-
-    if not args.xla_defaults:
-        use_fast_cpu_flags()  # before the nodes and the single rows start: they inherit it
+    apply_xla_flags(args)  # before the nodes and the single rows start: they inherit it
 
     why_not = can_shape_links()
     rates = args.rates

@@ -34,6 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks import add_xla_defaults_option, apply_xla_flags
 from benchmarks.single import _input, _missing, _pure, single_device_forms
 from disco_jax.layers import COMPUTE_DTYPES
 
@@ -53,9 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="float32")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--xla-defaults", action="store_true",
-                        help="keep XLA:CPU's default fusions (without it the run adds "
-                             "disco_jax.mesh.FAST_CPU_FLAGS to XLA_FLAGS)")
+    add_xla_defaults_option(parser)
     return parser.parse_args(argv)
 
 
@@ -277,10 +276,7 @@ def table(report: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not args.xla_defaults:
-        from disco_jax.mesh import use_fast_cpu_flags
-
-        use_fast_cpu_flags()
+    apply_xla_flags(args)
     forms = single_device_forms(args, None if args.compute_dtype == "float32"
                                 else args.compute_dtype)
     report = {"model": args.model, "input_shape": [args.image_size, args.image_size, 3],

@@ -41,6 +41,7 @@ import os
 import sys
 from pathlib import Path
 
+from benchmarks import add_xla_defaults_option, apply_xla_flags
 from benchmarks.latency import timed
 from disco_jax.layers import COMPUTE_DTYPES
 
@@ -63,9 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--engines", default="disco_jax,onnxruntime,tensorflow",
                         help="comma-separated, from disco_jax, onnxruntime, tensorflow")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--xla-defaults", action="store_true",
-                        help="keep XLA:CPU's default fusions (without it the run adds "
-                             "disco_jax.mesh.FAST_CPU_FLAGS to XLA_FLAGS)")
+    add_xla_defaults_option(parser)
     args = parser.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
     args.engines = args.engines.split(",")
@@ -210,10 +209,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not args.xla_defaults:
-        from disco_jax.mesh import use_fast_cpu_flags
-
-        use_fast_cpu_flags()
+    apply_xla_flags(args)
     report = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
