@@ -15,7 +15,10 @@ random masks. Each generated case checks, on one compiled executable
   FLOPs). Real layers are never degenerate. A conv lowered as taps (maps of a
   few pixels) multiplies every output position by each tap that reads any real
   pixel, padding included, and adds the taps' products: its FLOPs are the
-  formula's scaled to those positions, plus the adds.
+  formula's scaled to those positions, plus the adds. A conv none of whose
+  taps reads a real pixel (a 1 x 1 conv, stride 2, padding 1 on a 1 x 1 map)
+  is degenerate too: the formula counts no products, the program keeps one
+  product of zeros (so the exchange it reads stays in the program).
 """
 
 import jax
@@ -24,7 +27,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from helpers import randomize
-from hypothesis import event, given, settings, strategies as st
+from hypothesis import event, example, given, settings, strategies as st
 
 import disco_jax as dj
 from disco_jax.accounting import _taps, out_spatial
@@ -44,7 +47,8 @@ def is_degenerate(layer, k: int, x_shape) -> bool:
     contraction = (spec.group_in + (spec.nodes - 1) * k) * (
         1 if lowered_as_taps(layer, x_shape) else spec.kernel**2)
     rows = x_shape[0] * np.prod(out_spatial(spec, x_shape[1:-1]))  # output positions
-    return contraction == 1 or (rows == 1 and spec.group_out == 1)
+    reads_nothing = spec.kind == "conv" and _taps(spec, x_shape[1:3]) == 0
+    return contraction == 1 or (rows == 1 and spec.group_out == 1) or reads_nothing
 
 
 def expected_flops(layer, formula: float, x_shape) -> float:
@@ -91,6 +95,8 @@ def conv_cases(draw):
 
 @settings(max_examples=90)
 @given(conv_cases())
+@example(dict(nodes=1, group_in=2, group_out=1, k=0, kernel=1, stride=2, padding=1,
+              use_bias=False, batch=1, height=1, width=1, seed=0))  # reads padding only
 def test_conv_distributed_matches_reference_and_plan(case):
     n = case["nodes"]
     layer = dj.DiscoConv(n * case["group_in"], n * case["group_out"], case["kernel"],
