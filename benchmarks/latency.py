@@ -88,19 +88,19 @@ def timed(fn, repeats: int) -> dict:
             "max_ms": max(times), "times_ms": times}
 
 
-def run(args) -> dict:
+def compile_variants(args, nodes: int, mesh):
+    """The dense split and DISCO (random exact masks at ``args.comm_ratio``) of
+    ``args.model`` (random weights), compiled for every batch: returns
+    ``(programs, costs)`` with ``programs[variant, batch] = (compiled, inputs,
+    {"messages", "hlo_bytes"})`` and ``costs[variant]`` the plan's per-node cost."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
     from flax import nnx
 
     import disco_jax as dj
-    from disco_jax import linkcheck, sparsify
+    from disco_jax import sparsify
     from disco_jax.models import NETWORKS
 
-    nodes = jax.device_count() if jax.process_count() > 1 else args.mesh
-    mesh = dj.make_mesh(nodes)
-    lead = jax.process_index() == 0
     shape = (args.image_size, args.image_size, 3)
     model = NETWORKS[args.model](classes=args.classes, nodes=nodes, in_channels=3,
                                  stem="imagenet", rngs=nnx.Rngs(0))
@@ -122,6 +122,21 @@ def run(args) -> dict:
             programs[variant, batch] = (compiled, inputs, {
                 "messages": len(re.findall(r"collective-permute(?:-start)?\(", hlo)),
                 "hlo_bytes": dj.hlo_permute_bytes(hlo)})
+    return programs, costs
+
+
+def run(args) -> dict:
+    import jax
+    import numpy as np
+
+    import disco_jax as dj
+    from disco_jax import linkcheck
+
+    nodes = jax.device_count() if jax.process_count() > 1 else args.mesh
+    mesh = dj.make_mesh(nodes)
+    lead = jax.process_index() == 0
+    shape = (args.image_size, args.image_size, 3)
+    programs, costs = compile_variants(args, nodes, mesh)
     links = []
     for rate in args.rates:
         if args.shape_link and lead:

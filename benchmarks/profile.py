@@ -1,6 +1,7 @@
-"""Where a single-device program's time goes, conv shape by conv shape, next to ONNX Runtime.
+"""Where a program's time goes, conv shape by conv shape: one device beside ONNX Runtime, or a node.
 
     taskset -c 0 python -m benchmarks.profile --model resnet50 --batch 1 --out profile.json
+    python -m benchmarks.profile --model resnet50 --batch 1 --nodes 2 --out nodes.json
 
 disco_jax's single-device program (the inference form of the ``nodes=1``
 network, BatchNorm folded, under ``jax.jit``, weights as arguments: the
@@ -16,9 +17,18 @@ nodes are named the same way,
 so the table shows per conv shape what each engine spends on it and the
 GFLOP/s it reaches. The XLA side needs nothing but jax.
 
-A DISCO node's program is not profiled here: on a mesh of emulated devices
-XLA:CPU's trace events do not cover the work (per-op times summed to half of
-the wall time, conv rates above the core's peak), so they would mislead.
+``--nodes N`` profiles the dense split's and DISCO's node programs instead:
+one OS process per node (:mod:`disco_jax.launch`), node i pinned to core i
+(``--unpinned``: the nodes' threads may run on any core), each tracing its own
+program (:mod:`benchmarks.node_profile`). On a mesh of emulated devices in one
+process XLA:CPU's trace events do not cover the work (per-op times summed to
+half of the wall time, conv rates above the core's peak); one process per
+node does not have that problem, and it is how the nodes run. Per node the
+table gives the wall time, the time inside the exchanges (collective-permute:
+waiting for the peer and moving the bytes), in convs and products and in
+everything else, and the CPU time the node's process spent per call, thread
+by thread (from ``/proc``): on CPUs the exchanges' transport (gloo over TCP)
+has a thread of its own that shares the node's core.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import add_xla_defaults_option, apply_xla_flags
+from benchmarks.node_profile import EXCHANGES
 from benchmarks.single import _input, _missing, _pure, single_device_forms
 from disco_jax.layers import COMPUTE_DTYPES
 
@@ -53,9 +64,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="float32")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="1: the single-device program; N > 1: the node programs of the "
+                             "dense split and DISCO, one process per node")
+    parser.add_argument("--comm-ratio", type=float, default=0.2,
+                        help="DISCO's random exact masks (--nodes > 1)")
+    parser.add_argument("--unpinned", action="store_true",
+                        help="--nodes > 1: do not pin node i to core i")
     parser.add_argument("--out", type=Path, required=True)
     add_xla_defaults_option(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.nodes < 1:
+        parser.error(f"--nodes must be 1 (the single device) or more, got {args.nodes}")
+    return args
 
 
 def conv_key(kernel: int, in_hw, c_in: int, out_hw, c_out: int) -> str:
@@ -274,9 +295,66 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def profile_nodes(args) -> dict:
+    """Runs :mod:`benchmarks.node_profile` on ``args.nodes`` launched processes."""
+    from disco_jax.errors import ConfigError
+    from disco_jax.launch import launch_local
+
+    cpus = None
+    if not args.unpinned:
+        available = sorted(os.sched_getaffinity(0))
+        if len(available) < args.nodes:
+            raise ConfigError(f"--nodes {args.nodes} pins one node per core but this process may "
+                              f"use {len(available)} core(s) ({available}); give --unpinned or "
+                              f"fewer nodes")
+        cpus = available[:args.nodes]
+    argv = ["--model", args.model, "--image-size", str(args.image_size),
+            "--classes", str(args.classes), "--comm-ratio", str(args.comm_ratio),
+            "--batch", str(args.batch), "--compute-dtype", args.compute_dtype,
+            "--repeats", str(args.repeats)]
+    with tempfile.TemporaryDirectory() as directory:
+        codes = launch_local(args.nodes, "benchmarks.node_profile",
+                             [*argv, "--out", directory], cpus=cpus, out=sys.stderr)
+        if any(codes):
+            raise RuntimeError(f"a node of the profile failed (exit codes {codes}); its "
+                               f"output is above")
+        nodes = [json.loads((Path(directory) / f"node{i}.json").read_text())
+                 for i in range(args.nodes)]
+    return {"pinned_cpus": cpus, "nodes": nodes}
+
+
+def node_table(report: dict) -> str:
+    lines = [f"{'variant':12} {'node':>4} {'wall ms':>8} {'exchanges':>9} {'n':>3} "
+             f"{'per msg':>7} {'convs':>7} {'other':>7} {'CPU ms':>7}  busiest threads "
+             f"(user/system ms per call)"]
+    for node in report["nodes"]:
+        for variant, row in node["variants"].items():
+            rows = row["rows"]
+            exchanges = rows.get(EXCHANGES, {"ms": 0.0, "count": 0})
+            convs = sum(r["ms"] for k, r in rows.items() if k.startswith(("conv", "matmul")))
+            other = sum(r["ms"] for k, r in rows.items()) - convs - exchanges["ms"]
+            threads = ", ".join(f"{t['thread']} {t['user_ms']:.1f}/{t['system_ms']:.1f}"
+                                for t in row["cpu_per_call"]["threads"][:3])
+            per = exchanges["ms"] / exchanges["count"] if exchanges["count"] else 0.0
+            lines.append(f"{variant:12} {node['node']:4d} {row['wall_ms']:8.1f} "
+                         f"{exchanges['ms']:9.1f} {exchanges['count']:3d} {per:7.2f} "
+                         f"{convs:7.1f} {other:7.1f} {row['cpu_per_call']['process_ms']:7.1f}  "
+                         f"{threads}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     apply_xla_flags(args)
+    if args.nodes > 1:
+        report = {"model": args.model, "input_shape": [args.image_size, args.image_size, 3],
+                  "batch": args.batch, "repeats": args.repeats,
+                  "compute_dtype": args.compute_dtype, "comm_ratio": args.comm_ratio,
+                  "xla_flags": os.environ.get("XLA_FLAGS", ""), **profile_nodes(args)}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+        print(node_table(report), flush=True)
+        return 0
     forms = single_device_forms(args, None if args.compute_dtype == "float32"
                                 else args.compute_dtype)
     report = {"model": args.model, "input_shape": [args.image_size, args.image_size, 3],

@@ -14,6 +14,7 @@ import pytest
 
 from benchmarks import network, single
 from benchmarks.latency import rate_bits
+from benchmarks.node_profile import EXCHANGES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,6 +161,40 @@ def test_the_profile_names_every_conv_and_product_of_the_program(tmp_path):
                 if key.startswith("conv") and not key.startswith("conv 1x1")} == expected
     else:
         assert "not installed" in onnx["status"]
+
+
+def test_the_node_profile_traces_every_node_in_its_own_process(tmp_path):
+    """Two launched nodes, each tracing its own program: every exchange of the
+    plan is a traced collective-permute, the convs are named as in the single
+    device's profile, and each node's CPU per call is read from its threads."""
+    out = tmp_path / "nodes.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.profile", "--model", "resnet18", "--image-size", "32",
+         "--classes", "10", "--batch", "2", "--repeats", "2", "--nodes", "2", "--unpinned",
+         "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [node["node"] for node in report["nodes"]] == [0, 1]
+    for node in report["nodes"]:
+        assert set(node["variants"]) == {"dense_split", "disco"}
+        for variant in node["variants"].values():
+            rows = variant["rows"]
+            assert rows[EXCHANGES]["count"] == variant["messages"] > 10
+            assert any(key.startswith("conv 3x3/1 ") for key in rows)
+            assert all(row["ms"] >= 0 for row in rows.values())
+            assert variant["wall_ms"] > 0 and len(variant["wall_times_ms"]) == 2
+            assert variant["cpu_per_call"]["process_ms"] > 0
+            assert variant["cpu_per_call"]["threads"]
+        assert node["variants"]["disco"]["hlo_bytes"] < node["variants"]["dense_split"]["hlo_bytes"]
+    assert "exchanges" in done.stdout and "disco" in done.stdout
+
+
+def test_the_profile_refuses_nodes_it_cannot_pin(capsys):
+    from benchmarks import profile
+    from disco_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--unpinned or fewer nodes"):
+        profile.profile_nodes(profile.parse_args(["--nodes", "4096", "--out", "x.json"]))
 
 
 def test_the_train_step_benchmark_times_an_experiments_step(capsys):
