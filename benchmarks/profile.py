@@ -297,7 +297,7 @@ def table(report: dict) -> str:
 
 def profile_nodes(args) -> dict:
     """Runs :mod:`benchmarks.node_profile` on ``args.nodes`` launched processes."""
-    from disco_jax.errors import ConfigError
+    from disco_jax.errors import ConfigError, MeshError
     from disco_jax.launch import launch_local
 
     cpus = None
@@ -316,8 +316,8 @@ def profile_nodes(args) -> dict:
         codes = launch_local(args.nodes, "benchmarks.node_profile",
                              [*argv, "--out", directory], cpus=cpus, out=sys.stderr)
         if any(codes):
-            raise RuntimeError(f"a node of the profile failed (exit codes {codes}); its "
-                               f"output is above")
+            raise MeshError(f"a node of the profile failed (exit codes {codes}); its "
+                            f"output is above")
         nodes = [json.loads((Path(directory) / f"node{i}.json").read_text())
                  for i in range(args.nodes)]
     return {"pinned_cpus": cpus, "nodes": nodes}
@@ -347,10 +347,17 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     apply_xla_flags(args)
     if args.nodes > 1:
+        from disco_jax.errors import DiscoError
+
+        try:
+            nodes = profile_nodes(args)
+        except DiscoError as error:
+            print(f"benchmarks.profile: {error}", file=sys.stderr)
+            return 2
         report = {"model": args.model, "input_shape": [args.image_size, args.image_size, 3],
                   "batch": args.batch, "repeats": args.repeats,
                   "compute_dtype": args.compute_dtype, "comm_ratio": args.comm_ratio,
-                  "xla_flags": os.environ.get("XLA_FLAGS", ""), **profile_nodes(args)}
+                  "xla_flags": os.environ.get("XLA_FLAGS", ""), **nodes}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1))
         print(node_table(report), flush=True)

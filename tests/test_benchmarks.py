@@ -189,12 +189,13 @@ def test_the_node_profile_traces_every_node_in_its_own_process(tmp_path):
     assert "exchanges" in done.stdout and "disco" in done.stdout
 
 
-def test_the_profile_refuses_nodes_it_cannot_pin(capsys):
+def test_the_profile_refuses_nodes_it_cannot_pin(capsys, tmp_path):
     from benchmarks import profile
-    from disco_jax.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="--unpinned or fewer nodes"):
-        profile.profile_nodes(profile.parse_args(["--nodes", "4096", "--out", "x.json"]))
+    out = tmp_path / "nodes.json"
+    assert profile.main(["--nodes", "4096", "--xla-defaults", "--out", str(out)]) == 2
+    assert "--unpinned or fewer nodes" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_the_train_step_benchmark_times_an_experiments_step(capsys):
