@@ -7,9 +7,9 @@ process per node, each pinned to its own core:
 
 Every node builds the dense split and DISCO programs of
 :mod:`benchmarks.latency` (random weights, random exact masks at
-``--comm-ratio``) and, for each, times ``--repeats`` calls, reading the CPU
-time of every thread of its own process from ``/proc/self/task`` before and
-after, then runs ``--repeats`` calls under ``jax.profiler`` and reads the
+``--comm-ratio``) and, for each, times ``--repeats`` calls, reading its own
+process's CPU time (``getrusage``) and every thread's (``/proc/self/task``, in
+clock ticks) before and after, then runs ``--repeats`` calls under ``jax.profiler`` and reads the
 time of every HLO instruction from its own trace (one process, one device,
 one trace: unlike a mesh of emulated devices in one process, the events cover
 the node's work). Instructions are named as :mod:`benchmarks.profile` names
@@ -23,6 +23,7 @@ import argparse
 import collections
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -65,9 +66,16 @@ def thread_cpu() -> dict[str, tuple[str, float, float]]:
     return found
 
 
-def cpu_per_call(before: dict, after: dict, calls: int) -> dict:
-    """The process's and its busiest threads' CPU milliseconds per call between two
-    :func:`thread_cpu` readings."""
+def process_cpu() -> float:
+    """This process's CPU seconds so far, user and system (``getrusage``: finer
+    than the threads' clock ticks)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_per_call(before: dict, after: dict, process_s: float, calls: int) -> dict:
+    """The process's CPU milliseconds per call (``process_s`` over ``calls``) and its
+    busiest threads' between two :func:`thread_cpu` readings (clock ticks: coarse)."""
     threads = []
     for tid, (name, user, system) in after.items():
         _, user0, system0 = before.get(tid, (name, 0.0, 0.0))
@@ -75,7 +83,7 @@ def cpu_per_call(before: dict, after: dict, calls: int) -> dict:
                         "user_ms": 1e3 * (user - user0) / calls,
                         "system_ms": 1e3 * (system - system0) / calls})
     threads.sort(key=lambda t: -(t["user_ms"] + t["system_ms"]))
-    return {"process_ms": sum(t["user_ms"] + t["system_ms"] for t in threads),
+    return {"process_ms": 1e3 * process_s / calls,
             "threads": [t for t in threads[:4] if t["user_ms"] + t["system_ms"] > 0]}
 
 
@@ -88,10 +96,10 @@ def profile_program(compiled, inputs, batch: int, repeats: int) -> dict:
 
     run = lambda: jax.block_until_ready(compiled(*inputs))  # noqa: E731
     run()
-    before, begin = thread_cpu(), time.perf_counter()
+    before, cpu_begin, begin = thread_cpu(), process_cpu(), time.perf_counter()
     wall = timed(run, repeats)  # one more call than repeats: its warm-up
-    elapsed = time.perf_counter() - begin
-    cpu = cpu_per_call(before, thread_cpu(), repeats + 1)
+    elapsed, cpu_s = time.perf_counter() - begin, process_cpu() - cpu_begin
+    cpu = cpu_per_call(before, thread_cpu(), cpu_s, repeats + 1)
     computations = _computations(compiled.as_text())
     with tempfile.TemporaryDirectory() as directory:
         with jax.profiler.trace(directory, create_perfetto_trace=True):
@@ -110,7 +118,7 @@ def profile_program(compiled, inputs, batch: int, repeats: int) -> dict:
         rows[key]["ms"] += durations[name] / 1000.0 / repeats
         rows[key]["flops"] += flops
     return {"wall_ms": wall["median_ms"], "wall_times_ms": wall["times_ms"],
-            "cpu_per_call": cpu, "core_busy": cpu["process_ms"] * (repeats + 1) / 1e3 / elapsed,
+            "cpu_per_call": cpu, "core_busy": cpu_s / elapsed,
             "rows": dict(rows)}
 
 
