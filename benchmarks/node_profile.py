@@ -9,27 +9,24 @@ Every node builds the dense split and DISCO programs of
 :mod:`benchmarks.latency` (random weights, random exact masks at
 ``--comm-ratio``) and, for each, times ``--repeats`` calls, reading its own
 process's CPU time (``getrusage``) and every thread's (``/proc/self/task``, in
-clock ticks) before and after, then runs ``--repeats`` calls under ``jax.profiler`` and reads the
-time of every HLO instruction from its own trace (one process, one device,
-one trace: unlike a mesh of emulated devices in one process, the events cover
-the node's work). Instructions are named as :mod:`benchmarks.profile` names
-them (conv shapes, products), the exchanges (collective-permutes) as one row.
+clock ticks) before and after, then runs ``--repeats`` calls under
+``jax.profiler`` and reads the time of every HLO instruction from its own
+trace (one process, one device, one trace: unlike a mesh of emulated devices
+in one process, the events cover the node's work), named as
+:mod:`benchmarks.profile` names them (:func:`benchmarks.profile.traced_rows`:
+conv shapes, products, the exchanges as one row).
 Node i writes ``DIR/node{i}.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
-
-EXCHANGES = "exchanges (collective-permute)"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -92,7 +89,7 @@ def profile_program(compiled, inputs, batch: int, repeats: int) -> dict:
     import jax
 
     from benchmarks.latency import timed
-    from benchmarks.profile import _computations, _describe, _trace_durations
+    from benchmarks.profile import traced_rows
 
     run = lambda: jax.block_until_ready(compiled(*inputs))  # noqa: E731
     run()
@@ -100,26 +97,9 @@ def profile_program(compiled, inputs, batch: int, repeats: int) -> dict:
     wall = timed(run, repeats)  # one more call than repeats: its warm-up
     elapsed, cpu_s = time.perf_counter() - begin, process_cpu() - cpu_begin
     cpu = cpu_per_call(before, thread_cpu(), cpu_s, repeats + 1)
-    computations = _computations(compiled.as_text())
-    with tempfile.TemporaryDirectory() as directory:
-        with jax.profiler.trace(directory, create_perfetto_trace=True):
-            for _ in range(repeats):
-                run()
-        durations = _trace_durations(Path(directory))
-    rows = collections.defaultdict(lambda: {"count": 0, "ms": 0.0, "flops": 0.0})
-    for name, (_, opcode, _) in computations[""].items():
-        if name not in durations:
-            continue
-        if opcode.startswith("collective-permute"):
-            key, flops = EXCHANGES, 0.0
-        else:
-            key, flops = _describe(name, "", computations, batch)
-        rows[key]["count"] += 1
-        rows[key]["ms"] += durations[name] / 1000.0 / repeats
-        rows[key]["flops"] += flops
     return {"wall_ms": wall["median_ms"], "wall_times_ms": wall["times_ms"],
             "cpu_per_call": cpu, "core_busy": cpu_s / elapsed,
-            "rows": dict(rows)}
+            "rows": traced_rows(compiled, inputs, batch, repeats)}
 
 
 def main(argv=None) -> int:

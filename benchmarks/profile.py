@@ -45,7 +45,6 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import add_xla_defaults_option, apply_xla_flags
-from benchmarks.node_profile import EXCHANGES
 from benchmarks.single import _input, _missing, _pure, single_device_forms
 from disco_jax.layers import COMPUTE_DTYPES
 
@@ -53,6 +52,7 @@ _INSTRUCTION = re.compile(
     r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\w+)\[([\d,]*)\]\S*\s+([\w\-]+)\((.*)$")
 _COMPUTATION = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 OTHER = "everything else"
+EXCHANGES = "exchanges (collective-permute)"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -181,31 +181,43 @@ def _single_program(args, forms):
     return program.lower(state, x).compile(), (state, x)
 
 
+def traced_rows(compiled, arguments, batch: int, repeats: int) -> dict:
+    """Runs ``compiled(*arguments)`` ``repeats`` times under jax's profiler:
+    ``{what: {"count", "ms" per call, "flops"}}`` over the entry's instructions,
+    each named by :func:`_describe`, the collective-permutes as :data:`EXCHANGES`."""
+    import jax
+
+    computations = _computations(compiled.as_text())
+    with tempfile.TemporaryDirectory() as directory:
+        with jax.profiler.trace(directory, create_perfetto_trace=True):
+            for _ in range(repeats):
+                jax.block_until_ready(compiled(*arguments))
+        durations = _trace_durations(Path(directory))
+    rows = collections.defaultdict(lambda: {"count": 0, "ms": 0.0, "flops": 0.0})
+    for name, (_, opcode, _) in computations[""].items():
+        if name not in durations:
+            continue  # parameters, tuples, bitcasts: nothing executed
+        if opcode.startswith("collective-permute"):
+            key, flops = EXCHANGES, 0.0
+        else:
+            key, flops = _describe(name, "", computations, batch)
+        rows[key]["count"] += 1
+        rows[key]["ms"] += durations[name] / 1000.0 / repeats
+        rows[key]["flops"] += flops
+    return dict(rows)
+
+
 def profile_xla(args, forms) -> dict:
     import jax
 
     from benchmarks.latency import timed
 
     compiled, arguments = _single_program(args, forms)
-    computations = _computations(compiled.as_text())
     wall = timed(lambda: jax.block_until_ready(compiled(*arguments)), args.repeats)
-    with tempfile.TemporaryDirectory() as directory:
-        with jax.profiler.trace(directory, create_perfetto_trace=True):
-            for _ in range(args.repeats):
-                jax.block_until_ready(compiled(*arguments))
-        durations = _trace_durations(Path(directory))
-    runs = args.repeats
-    rows = collections.defaultdict(lambda: {"count": 0, "ms": 0.0, "flops": 0.0})
-    for name in computations[""]:
-        if name not in durations:
-            continue  # parameters, tuples, bitcasts: nothing executed
-        key, flops = _describe(name, "", computations, args.batch)
-        rows[key]["count"] += 1
-        rows[key]["ms"] += durations[name] / 1000.0 / runs
-        rows[key]["flops"] += flops
+    rows = traced_rows(compiled, arguments, args.batch, args.repeats)
     return {"engine": f"jax {jax.__version__} (XLA:{jax.devices()[0].platform}), "
                       f"{args.compute_dtype} products",
-            "wall_ms": wall["median_ms"], "rows": dict(rows)}
+            "wall_ms": wall["median_ms"], "rows": rows}
 
 
 def profile_onnxruntime(args, forms) -> dict:
@@ -246,7 +258,7 @@ def profile_onnxruntime(args, forms) -> dict:
         row["count"] //= args.repeats
         row["flops"] /= args.repeats
     return {"engine": f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider, 1 thread)",
-            "wall_ms": wall["median_ms"], "rows": dict(rows)}
+            "wall_ms": wall["median_ms"], "rows": rows}
 
 
 def _describe_onnx(node: dict) -> tuple[str, float]:

@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks import network, single
 from benchmarks.latency import rate_bits
-from benchmarks.node_profile import EXCHANGES
+from benchmarks.profile import EXCHANGES
 
 REPO = Path(__file__).resolve().parents[1]
 
