@@ -74,3 +74,13 @@ def test_fast_cpu_flags_are_added_before_the_backend_starts_and_never_override()
     assert added == after_start == " ".join(dj.mesh.FAST_CPU_FLAGS)
     chosen = "--xla_cpu_experimental_ynn_fusion_type=individual_dot --xla_cpu_use_xnnpack=false"
     assert run_python(FAST, env | {"XLA_FLAGS": chosen}).splitlines() == [chosen, chosen]
+
+
+def test_fast_cpu_flags_are_not_added_for_bfloat16_programs():
+    """The YNNPACK fusions are bfloat16's fast path: a bfloat16 run keeps them."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    probe = ("from disco_jax.mesh import use_fast_cpu_flags; import os; "
+             "print(repr(use_fast_cpu_flags('bfloat16')), repr(os.environ.get('XLA_FLAGS')))")
+    assert run_python(probe, env) == "'' None"
+    assert run_python(probe, env | {"XLA_FLAGS": "--xla_cpu_use_xnnpack=false"}) == (
+        "'--xla_cpu_use_xnnpack=false' '--xla_cpu_use_xnnpack=false'")

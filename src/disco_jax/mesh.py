@@ -61,24 +61,27 @@ def ensure_host_devices(n: int) -> None:
 
 
 FAST_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
-"""XLA:CPU flags that make disco_jax's inference programs faster on CPUs: no
-YNNPACK fusions (jax 0.10's XLA:CPU fuses whole ResNet stages into one, and
-runs ResNet-50's last stage at ~1.4 GFLOP/s there; measured on a Xeon, one
-core, 224 px, batch 1: 99 ms with them, 64-66 ms without; batch 8: 601 / 485
-ms; the main job's training step 715 / 639 ms). The benchmarks use them
-(:func:`use_fast_cpu_flags`); the experiments do not yet, so that their
-reported figures stay reproducible."""
+"""XLA:CPU flags that make disco_jax's float32 inference programs faster on
+CPUs: no YNNPACK fusions (jax 0.10's XLA:CPU fuses whole ResNet stages into
+one, and runs ResNet-50's last stage at ~1.4 GFLOP/s there; measured on a
+Xeon, one core, 224 px, batch 1: 99 ms with them, 64-66 ms without; batch 8:
+601 / 485 ms; the main job's training step 715 / 639 ms). Not for programs
+whose products compute in bfloat16: there the fusions are the fast path
+(ResNet-50, one core, batch 1: 70 ms with them, 123 ms without, 2026-12-06).
+The benchmarks use them for float32 (:func:`use_fast_cpu_flags`); the
+experiments do not yet, so that their reported figures stay reproducible."""
 
 
-def use_fast_cpu_flags() -> str:
+def use_fast_cpu_flags(compute_dtype: str | None = None) -> str:
     """Adds :data:`FAST_CPU_FLAGS` to ``XLA_FLAGS`` (a flag already named there
     keeps its value) while that can still change the backend, and returns
     ``XLA_FLAGS``. Processes started afterwards (the nodes of
-    :func:`disco_jax.launch.launch_local`) inherit it."""
+    :func:`disco_jax.launch.launch_local`) inherit it. For programs computing
+    in ``compute_dtype="bfloat16"`` nothing is added (the flags slow them)."""
     from jax._src import xla_bridge  # no public API tells whether backends exist
 
     flags = os.environ.get("XLA_FLAGS", "").strip()
-    if not xla_bridge.backends_are_initialized():
+    if compute_dtype in (None, "float32") and not xla_bridge.backends_are_initialized():
         for flag in FAST_CPU_FLAGS:
             if flag.split("=")[0] not in flags:
                 flags = f"{flags} {flag}".strip()
