@@ -259,9 +259,17 @@ def train_dense(dense, train_split, task, schedule: Schedule, steps: int, seed: 
                  checkpoint_dir=checkpoint_dir, description=description).optimizer
 
 
+def payload_of_variant(variant: str, payload: str) -> str:
+    """What ``variant`` sends in a run whose ``--payload-dtype`` is
+    ``payload``: the dense split, the paper's baseline, stays float32 (and
+    ``no_comm`` sends nothing)."""
+    return "float32" if variant in ("dense_split", "no_comm") else payload
+
+
 def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, seed: int,
                   train_split, evaluate_fn, task, *, checkpoint_dir: Path | None = None,
-                  label: str = "", optimizer=None, evaluate_final: bool = True):
+                  label: str = "", optimizer=None, evaluate_final: bool = True,
+                  payload: str = "float32"):
     """Trains one variant from a copy of the dense model.
 
     Two ways to spend the variant's steps:
@@ -285,6 +293,9 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
         resume from it.
       evaluate_final: False to skip ``evaluate_fn`` after fine-tuning (the
         caller measures the model itself).
+      payload: what the variant's channels travel as
+        (:func:`payload_of_variant`): it trains reading them
+        (:func:`disco_jax.set_payload_dtype`) from its first step.
 
     Returns:
       ``(model, metric at budget, metric after fine-tuning or None)``.
@@ -292,6 +303,7 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
     from flax import nnx
 
     from disco_jax.basis import principal_basis
+    from disco_jax.layers import set_payload_dtype
     from disco_jax.projections import choose_directions
     from disco_jax.refit import refit
     from disco_jax.train import train
@@ -300,6 +312,7 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
         return None if checkpoint_dir is None else checkpoint_dir / phase
 
     model = nnx.clone(dense)
+    set_payload_dtype(model, payload_of_variant(variant, payload))
     distill = schedule.distillation
     teacher = None if distill is None else dense  # left as it is: train runs it, changes nothing
     images, labels = calibration(train_split, seed, schedule.calibration_images)
@@ -393,8 +406,8 @@ def merge_seed_reports(reports: list[dict]) -> dict:
 def plan_and_budget_bytes(model, image_shape, comm_ratio: float):
     """The plan compiled from ``model`` (which raises unless every pair of
     every layer sends the same k), its costs, and its bytes per image against
-    the budget's (k = rho * C_in/N in every DISCO layer, plus what the masks do
-    not decide: LayerNorm statistics).
+    the budget's (k = rho * C_in/N in every DISCO layer, in its payload, plus
+    what the masks do not decide: LayerNorm statistics).
 
     Returns:
       ``(Plan, ModelCosts, {"plan": bytes, "budget": bytes, "exact": bool})``.
@@ -405,7 +418,8 @@ def plan_and_budget_bytes(model, image_shape, comm_ratio: float):
     costs = dj.model_costs(model, image_shape, plan)
     budget = sum(
         dj.layer_costs(layer.spec, dj.k_for_ratio(comm_ratio, layer.spec.group_in),
-                       costs.layers[name]["input_shape"][:-1])["disco"].comm_bytes
+                       costs.layers[name]["input_shape"][:-1],
+                       payload=layer.payload)["disco"].comm_bytes
         for name, layer in plan.items() if layer.spec.split_input)
     # what the masks do not decide (LayerNorm statistics) costs the same in every variant
     budget += sum(entry["disco"].comm_bytes for entry in costs.others.values())

@@ -77,11 +77,14 @@ def load_run(run: Path, variant: str = "learned"):
     """
     import disco_jax as dj
     from disco_jax.train import restore_model
+    from experiments.compare import payload_of_variant
     from experiments.pipeline import network_of, open_run
 
     checkpoint = f"{variant}/finetune"
     settings, dataset, model = open_run(run, checkpoint, "finished run", "experiments.resnet50")
     restore_model(model, run / checkpoint)
+    dj.set_payload_dtype(model, payload_of_variant(variant,
+                                                   settings.get("payload_dtype", "float32")))
     plan_dir = run / "plan"
     plan = (dj.load_plan(plan_dir, model) if variant == "learned" and plan_dir.is_dir()
             else dj.compile_plan(model))

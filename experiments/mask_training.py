@@ -71,10 +71,15 @@ def default_recipe(nodes: int) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from disco_jax.payload import PAYLOADS
+
     parser = argparse.ArgumentParser(prog="python -m experiments.mask_training",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--mesh", type=int, default=2, help="nodes N (default 2)")
     parser.add_argument("--comm-ratio", type=float, default=0.2)
+    parser.add_argument("--payload-dtype", choices=PAYLOADS, default="float32",
+                        help="what every variant but the dense split sends: float32 "
+                             "(default), bfloat16, or int8 with a scale per channel and image")
     parser.add_argument("--model", choices=("resnet18", "resnet50"), default="resnet18")
     parser.add_argument("--width", type=int, default=20,
                         help="channels of the first stage (20: k = 0.2 C_in/N is a whole "
@@ -181,7 +186,8 @@ def run(args) -> dict:
         for variant in variants:
             model, at_budget, finetuned = train_variant(
                 dense, variant, args.comm_ratio, schedule, seed, dataset.train,
-                lambda model: evaluate(model, test, classes), classes, label=f"seed {seed} ")
+                lambda model: evaluate(model, test, classes), classes, label=f"seed {seed} ",
+                payload=args.payload_dtype)
             results[variant]["at_budget"].append(at_budget)
             results[variant]["finetuned"].append(finetuned)
             _, plan_costs[variant], bytes_sent[variant] = plan_and_budget_bytes(
@@ -201,7 +207,7 @@ def run(args) -> dict:
     return {
         "model": args.model, "width": args.width, "task": "classification",
         "dataset": args.dataset, "nodes": args.mesh, "comm_ratio": args.comm_ratio,
-        "payload_dtype": "float32", "seeds": args.seeds, "test_images": len(test),
+        "payload_dtype": args.payload_dtype, "seeds": args.seeds, "test_images": len(test),
         "lasso": args.lasso,
         "steps_per_variant": {"pretrain_dense": args.pretrain_steps,
                               "prune": schedule.prune_steps,

@@ -203,11 +203,18 @@ def open_run(run: Path, checkpoint: str, holds: str, program: str):
 
 
 def parse_args(network: Network, argv=None) -> argparse.Namespace:
+    from disco_jax.payload import PAYLOADS
+
     parser = argparse.ArgumentParser(prog=f"python -m {network.program}",
                                      description=network.doc.split("\n\n")[0])
     parser.add_argument("--mesh", type=int, default=2, help="nodes N (1, 2, 4, 8; default 2)")
     parser.add_argument("--comm-ratio", type=float, default=0.2,
                         help="rho = channels sent / channels a node holds, in [0, 1]")
+    parser.add_argument("--payload-dtype", choices=PAYLOADS, default="float32",
+                        help="what the channels that travel are sent as (every variant but "
+                             "the dense split, which stays float32): bfloat16, or int8 with a "
+                             "scale per channel and image (the scales travel too); the "
+                             "variants train reading them (default float32)")
     parser.add_argument("--model", choices=network.models, default=network.models[0])
     parser.add_argument("--dataset", default=network.dataset_name,
                         help=network.helps.get("dataset", "fashion_mnist (offline) or a "
@@ -265,7 +272,8 @@ def parse_args(network: Network, argv=None) -> argparse.Namespace:
 def _settings(network: Network, args) -> dict:
     """What decides the trained weights: a checkpoint folder is reused only
     by a run with the same settings."""
-    return {"model": args.model, "dataset": args.dataset,
+    payload = {} if args.payload_dtype == "float32" else {"payload_dtype": args.payload_dtype}
+    return {"model": args.model, "dataset": args.dataset, **payload,
             "nodes": args.mesh, "comm_ratio": args.comm_ratio, "lasso": args.lasso,
             "seed": args.seed, "init": None if args.init is None else str(args.init.resolve()),
             **{name: getattr(args, name) for name in network.settings}}
@@ -343,7 +351,7 @@ def run(network: Network, args) -> dict:
         models[variant], at_budget[variant], _ = train_variant(
             dense, variant, args.comm_ratio, schedule, args.seed, dataset.train,
             held_out_score, task, checkpoint_dir=args.out / variant, optimizer=optimizer,
-            evaluate_final=False)
+            evaluate_final=False, payload=args.payload_dtype)
         plans[variant], _, bytes_sent[variant] = plan_and_budget_bytes(
             models[variant], image, comm_ratio_of(variant, args.comm_ratio))
         timings[variant] = time.time() - begin
@@ -377,7 +385,8 @@ def run(network: Network, args) -> dict:
         model, _, _ = train_variant(dense, "learned", ratio, schedule, args.seed,
                                     dataset.train, held_out_score, task,
                                     checkpoint_dir=args.out / f"sweep-{ratio:g}",
-                                    optimizer=optimizer, evaluate_final=False)
+                                    optimizer=optimizer, evaluate_final=False,
+                                    payload=args.payload_dtype)
         score = distributed_check(model, dj.compile_plan(model), mesh, test, task,
                                   reference=False)[metric]
         sweep.append({"comm_ratio": ratio, metric: score, "variant": "learned"})
@@ -397,7 +406,7 @@ def run(network: Network, args) -> dict:
         "dataset": args.dataset,
         "input_shape": list(dataset.image_shape),
         **{name: getattr(args, name) for name in network.architecture},
-        "nodes": args.mesh, "comm_ratio": args.comm_ratio, "payload_dtype": "float32",
+        "nodes": args.mesh, "comm_ratio": args.comm_ratio, "payload_dtype": args.payload_dtype,
         "preset": args.preset, "seed": args.seed,
         "quality": quality(scores),
         "metrics": {QUALITY_KEYS[v]: values for v, values in every_metric.items()
@@ -568,7 +577,8 @@ def format_report(report: dict, network: Network) -> str:
     rows = [
         f"{report['model']} ({network.describe(report)}) on "
         f"{report['nodes']} nodes, {report['dataset']} {report['input_shape']}, comm ratio "
-        f"{report['comm_ratio']}, float32 payload, preset {report['preset']}",
+        f"{report['comm_ratio']}, {report.get('payload_dtype', 'float32')} payload, preset "
+        f"{report['preset']}",
         f"training: {dense}, then per variant {steps['prune']} prune + {steps['finetune']} "
         f"fine-tune steps of {steps['batch_size']} images (every variant: {steps['total']} "
         f"steps, {steps['images']:,} images); {recipe['optimizer']}, peak lr "

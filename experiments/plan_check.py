@@ -25,12 +25,17 @@ MODELS = ("resnet18", "resnet50")  # names in disco_jax.models.NETWORKS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from disco_jax.payload import PAYLOADS
+
     parser = argparse.ArgumentParser(prog="python -m experiments.plan_check",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=MODELS, default="resnet50")
     parser.add_argument("--mesh", type=int, default=2, help="number of nodes N (default 2)")
     parser.add_argument("--comm-ratio", type=float, default=0.2,
                         help="rho = k / (C_in/N) for every layer, in [0, 1] (default 0.2)")
+    parser.add_argument("--payload-dtype", choices=PAYLOADS, default="float32",
+                        help="what the channels travel as: float32 (default), bfloat16, or "
+                             "int8 with a scale per channel and image")
     parser.add_argument("--image-size", type=int, default=32, help="input pixels (default 32)")
     parser.add_argument("--channels", type=int, default=1,
                         help="input channels (default 1, as Fashion-MNIST)")
@@ -66,6 +71,7 @@ def measure(args) -> dict:
 
     model = build_model(args)
     dj.set_random_masks(model, jax.random.key(args.seed), args.comm_ratio)
+    dj.set_payload_dtype(model, args.payload_dtype)  # the reference quantises alike
     model.eval()
     plan = dj.compile_plan(model)
     x = jax.random.normal(jax.random.key(args.seed + 1),
@@ -81,7 +87,7 @@ def measure(args) -> dict:
     return {
         "model": args.model, "task": "classification", "dataset": None,
         "input_shape": [args.image_size, args.image_size, args.channels],
-        "nodes": args.mesh, "comm_ratio": args.comm_ratio, "payload_dtype": "float32",
+        "nodes": args.mesh, "comm_ratio": args.comm_ratio, "payload_dtype": args.payload_dtype,
         "masks": "random",
         "quality": {"metric": "top1", "single": None, "dense_split": None, "disco": None,
                     "random_mask": None, "no_comm": None},
@@ -108,7 +114,7 @@ def print_report(report: dict, per_layer: bool) -> None:
     comm, flops, params = (report["comm_bytes_per_sample"], report["flops_per_node"],
                            report["params_per_node"])
     print(f"{report['model']} on {report['nodes']} nodes, input {report['input_shape']}, "
-          f"comm ratio {report['comm_ratio']} (random masks), float32 payload")
+          f"comm ratio {report['comm_ratio']} (random masks), {report['payload_dtype']} payload")
     print(f"  communication per image   dense split {comm['dense_split']:>14,.0f} B"
           f"   DISCO {comm['disco']:>12,.0f} B   DISCO from HLO {comm['disco_hlo']:>12,.0f} B"
           f"   reduction {report['comm_reduction'] or float('inf'):.2f}x")

@@ -151,17 +151,20 @@ def test_an_export_never_leaves_anything_half_written(tmp_path, bundles, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
-def test_a_bfloat16_payload_is_part_of_the_bundle(tmp_path):
+@pytest.mark.parametrize("payload", ["bfloat16", "int8"])
+def test_a_narrow_payload_is_part_of_the_bundle(tmp_path, payload):
     model = TinyNet(2, 2)
     model.eval()
     mesh = dj.make_mesh(2)
     x = jax.random.normal(jax.random.key(0), (3, 12, 12, 1))
-    expected = _mesh_output(dj.DistributedModel(model, mesh, payload_dtype=jnp.bfloat16), x)
-    bundle.export_bundles(model, dj.compile_plan(model), tmp_path / "b",
-                          payload_dtype=jnp.bfloat16)
-    assert bundle.read_manifest(tmp_path / "b" / "node-1")["payload_dtype"] == "bfloat16"
+    with pytest.raises(dj.PlanError, match=f"the plan sends float32 payloads, not {payload}"):
+        dj.DistributedModel(model, mesh, payload_dtype=payload)
+    dj.set_payload_dtype(model, payload)
+    expected = _mesh_output(dj.DistributedModel(model, mesh, payload_dtype=payload), x)
+    bundle.export_bundles(model, dj.compile_plan(model), tmp_path / "b")
+    assert bundle.read_manifest(tmp_path / "b" / "node-1")["payload_dtype"] == payload
     loaded = bundle.load_distributed(tmp_path / "b", mesh, lambda: TinyNet(2, 2))
     chex.assert_trees_all_equal(_mesh_output(loaded, x), expected)
-    with pytest.raises(dj.PlanError, match="send bfloat16 payloads, not float32"):
+    with pytest.raises(dj.PlanError, match=f"send {payload} payloads, not float32"):
         bundle.load_distributed(tmp_path / "b", mesh, lambda: TinyNet(2, 2),
                                 payload_dtype=jnp.float32)

@@ -83,6 +83,30 @@ def test_loading_against_another_shape_names_the_layer(tmp_path):
         dj.load_plan(path, TwoLayer(nodes=4, width=8))
 
 
+def test_the_payload_is_part_of_the_plan(tmp_path):
+    model = TwoLayer(nodes=2, k=1)
+    float32 = dj.compile_plan(model)
+    dj.set_payload_dtype(model, "int8")
+    plan = dj.compile_plan(model)
+    assert plan.payload == "int8" and float32.payload == "float32"
+    assert dj.plan.plan_checksum(plan) != dj.plan.plan_checksum(float32)
+    loaded = dj.load_plan(dj.save_plan(plan, tmp_path / "plan"), model)
+    assert [layer.payload for layer in loaded.values()] == ["int8", "int8"]
+    assert dj.plan.plan_checksum(loaded) == dj.plan.plan_checksum(plan)
+    with pytest.raises(dj.PlanError, match=r"layer conv: the plan sends int8 payloads, the "
+                                           r"model's layer reads float32 ones. Call "
+                                           r"disco_jax.set_payload_dtype\(model, 'int8'\)"):
+        dj.load_plan(tmp_path / "plan", TwoLayer(nodes=2, k=1))
+    with pytest.raises(dj.PlanError, match="conv: the plan sends int8 payloads, not bfloat16"):
+        dj.DistributedLayer(plan["conv"], dj.make_mesh(2), payload_dtype="bfloat16")
+    meta = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    meta["layers"][0]["payload"] = "int4"
+    (tmp_path / "plan" / "plan.json").write_text(json.dumps(meta))
+    with pytest.raises(dj.PlanError, match=r"corrupted or not a disco_jax plan: conv: the "
+                                           r"channels that travel can be one of"):
+        dj.load_plan(tmp_path / "plan")
+
+
 def test_loading_against_a_model_with_other_layers_is_refused(tmp_path):
     path = dj.save_plan(dj.compile_plan(TwoLayer(nodes=2)), tmp_path / "plan")
     other = nnx.Dict(stem=dj.DiscoConv(8, 8, 3, nodes=2, rngs=nnx.Rngs(0)))

@@ -6,7 +6,9 @@ subset of its channels. The public API is what this file re-exports:
 - mesh: :data:`AXIS`, :func:`make_mesh`, :func:`ensure_host_devices`
 - layers (training form): :class:`DiscoConv`, :class:`DiscoDense`,
   :class:`LayerSpec`, :class:`CommMask`, :class:`CommBasis` (a layer that
-  sends directions: ``layer.use_basis(...)``), :func:`disco_layers`
+  sends directions: ``layer.use_basis(...)``), :func:`disco_layers`,
+  :func:`set_compute_dtype`, :func:`set_payload_dtype` (what travels:
+  :mod:`disco_jax.payload`, float32, bfloat16 or int8 with per-channel scales)
 - models: :mod:`disco_jax.models` (ResNet-18/34/50/101, ViT)
 - transformer parts: :mod:`disco_jax.transformer` (LayerNorm with ``psum``
   statistics, attention split by heads, window attention, MLP, blocks)
@@ -64,6 +66,7 @@ from disco_jax.layers import (
     LayerSpec as LayerSpec,
     disco_layers as disco_layers,
     set_compute_dtype as set_compute_dtype,
+    set_payload_dtype as set_payload_dtype,
 )
 from disco_jax.masks import (
     block_diagonal_mask as block_diagonal_mask,

@@ -39,6 +39,7 @@ import numpy as np
 from flax import nnx
 
 from disco_jax.layers import LayerSpec, _DiscoLinear, disco_layers, record_inputs
+from disco_jax.payload import message_bytes, payload_of
 from disco_jax.plan import Plan, compile_plan
 
 
@@ -48,7 +49,8 @@ class Cost:
 
     Attributes:
       comm_values: values sent between nodes, all ordered pairs together.
-      comm_bytes: the same in bytes of the payload dtype.
+      comm_bytes: the bytes that carry them (:func:`disco_jax.payload.message_bytes`:
+        values in the payload dtype, plus int8 payloads' scales).
       flops: FLOPs on one node.
       params: weights (and biases) stored on one node.
     """
@@ -100,37 +102,39 @@ def _taps(spec: LayerSpec, in_spatial: Sequence[int]) -> int:
 
 
 def _variant(spec: LayerSpec, in_spatial, width: int, sent_per_pair: int, c_out: int,
-             payload_bytes: int) -> Cost:
+             payload: str) -> Cost:
     """Cost of a node computing ``c_out`` outputs from ``width`` input channels."""
     kernel_area = spec.kernel ** 2 if spec.kind == "conv" else 1
     outputs = math.prod(out_spatial(spec, in_spatial)) * c_out
     bias = outputs if spec.use_bias else 0
     if not spec.split_input:  # the replicated network input is reported apart
         sent_per_pair = 0
-    values = spec.nodes * (spec.nodes - 1) * sent_per_pair * math.prod(
-        read_spatial(spec, in_spatial))
+    pairs, read = spec.nodes * (spec.nodes - 1), read_spatial(spec, in_spatial)
     return Cost(
-        comm_values=values,
-        comm_bytes=values * payload_bytes,
+        comm_values=pairs * sent_per_pair * math.prod(read),
+        comm_bytes=pairs * message_bytes(payload, sent_per_pair, read),
         flops=2 * _taps(spec, in_spatial) * c_out * width + bias,
         params=kernel_area * width * c_out + (c_out if spec.use_bias else 0),
     )
 
 
 def layer_costs(spec: LayerSpec, k: int, in_spatial: Sequence[int], *,
-                payload_bytes: int = 4, projected: bool = False) -> dict[str, Cost]:
+                payload: str = "float32", projected: bool = False,
+                split_payload: str = "float32") -> dict[str, Cost]:
     """Per-sample costs of one layer as ``{"single", "dense_split", "disco"}``.
 
     Arguments:
       spec: the layer; k: the plan's channels (or directions) per node pair.
       in_spatial: the input's spatial shape, ``(H, W)`` for a conv, the token
         shape (``()`` for ``[B, C]``) for a dense layer.
-      payload_bytes: bytes per value sent (4 for float32).
+      payload: what DISCO's values travel as (:data:`disco_jax.payload.PAYLOADS`).
+      split_payload: what the dense split's travel as (float32: the paper's).
       projected: the layer sends directions (its plan has ``send_proj``): the
         sender's projections are added to DISCO's FLOPs and weights.
     """
     n, g_in, g_out = spec.nodes, spec.group_in, spec.group_out
-    disco = _variant(spec, in_spatial, g_in + (n - 1) * k, k, g_out, payload_bytes)
+    payload, split_payload = payload_of(payload), payload_of(split_payload)
+    disco = _variant(spec, in_spatial, g_in + (n - 1) * k, k, g_out, payload)
     if projected and spec.split_input:
         sent = (n - 1) * k * g_in
         disco = dataclasses.replace(
@@ -138,8 +142,8 @@ def layer_costs(spec: LayerSpec, k: int, in_spatial: Sequence[int], *,
             params=disco.params + sent)
     return {
         "single": _variant(dataclasses.replace(spec, nodes=1), in_spatial, spec.c_in, 0,
-                           spec.c_out, payload_bytes),
-        "dense_split": _variant(spec, in_spatial, spec.c_in, g_in, g_out, payload_bytes),
+                           spec.c_out, payload),
+        "dense_split": _variant(spec, in_spatial, spec.c_in, g_in, g_out, split_payload),
         "disco": disco,
     }
 
@@ -147,18 +151,18 @@ def layer_costs(spec: LayerSpec, k: int, in_spatial: Sequence[int], *,
 VARIANTS = ("single", "dense_split", "disco")
 
 
-def node_variants(nodes: int, *, comm_values: int = 0, payload_bytes: int = 4, flops: int = 0,
+def node_variants(nodes: int, *, comm_values: int = 0, flops: int = 0,
                   params: int = 0) -> dict[str, Cost]:
     """Costs of a part that is not a DISCO layer and is split evenly over nodes
     (a LayerNorm, attention by heads, a per-channel parameter), as
     ``{"single", "dense_split", "disco"}``.
 
     Arguments:
-      comm_values: values all nodes send per sample (the same with or
-        without DISCO masks; none on a single device).
+      comm_values: float32 values all nodes send per sample (the same with
+        or without DISCO masks; none on a single device).
       flops, params: of the whole part; a node of a split model has 1/N.
     """
-    split = Cost(comm_values, comm_values * payload_bytes, flops // nodes, params // nodes)
+    split = Cost(comm_values, 4 * comm_values, flops // nodes, params // nodes)
     return {"single": Cost(0, 0, flops, params), "dense_split": split, "disco": split}
 
 
@@ -212,13 +216,15 @@ def layer_input_shapes(model: nnx.Module, input_shape: Sequence[int]) -> dict[st
     return shapes
 
 
-def model_costs(model: nnx.Module, input_shape: Sequence[int], plan: Plan | None = None, *,
-                payload_bytes: int = 4) -> ModelCosts:
+def model_costs(model: nnx.Module, input_shape: Sequence[int],
+                plan: Plan | None = None) -> ModelCosts:
     """Per-sample costs of every DISCO layer of ``model`` and their totals.
 
     Arguments:
       model: the model (training form); input_shape: its input, batch first.
-      plan: its plan (default: compiled from ``model``).
+      plan: its plan (default: compiled from ``model``); each layer's bytes
+        are in its plan's payload, the dense split's in float32, the other
+        parts' (LayerNorm statistics, float32 sums) in float32.
     """
     plan = compile_plan(model) if plan is None else plan
     shapes = layer_input_shapes(model, input_shape)
@@ -226,7 +232,7 @@ def model_costs(model: nnx.Module, input_shape: Sequence[int], plan: Plan | None
     for name, layer in plan.items():
         if name not in shapes:
             raise ValueError(f"layer {name} is not called by the model's forward pass")
-        costs = layer_costs(layer.spec, layer.k, shapes[name][1:-1], payload_bytes=payload_bytes,
+        costs = layer_costs(layer.spec, layer.k, shapes[name][1:-1], payload=layer.payload,
                             projected=layer.send_proj is not None)
         layers[name] = {"input_shape": shapes[name][1:], "k": layer.k, **costs}
     norm_channels = sum(module.mean.shape[-1] for _, module in nnx.iter_modules(model)
@@ -238,7 +244,7 @@ def model_costs(model: nnx.Module, input_shape: Sequence[int], plan: Plan | None
             name = "/".join(str(p) for p in path)
             shape = shapes.get(name, (None,))[1:]  # a parameter has no input
             others[name] = {"input_shape": shape,
-                            **module.costs(shape, nodes, payload_bytes=payload_bytes)}
+                            **module.costs(shape, nodes)}
     parts = [*layers.values(), *others.values()]
     totals = {}
     for variant in VARIANTS:

@@ -41,15 +41,15 @@ import zipfile
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
 from disco_jax.errors import DiscoError, PlanError
 from disco_jax.inference import DistributedModel, to_inference
-from disco_jax.layers import LayerSpec, set_compute_dtype
+from disco_jax.layers import LayerSpec, disco_layers, set_compute_dtype
 from disco_jax.mesh import AXIS, node_spec
+from disco_jax.payload import payload_of
 from disco_jax.plan import LayerPlan, Plan, array_checksum, atomic_folder, plan_checksum
 
 FORMAT = "disco_jax.bundle"
@@ -63,16 +63,13 @@ def node_folder(root: str | os.PathLike, node: int) -> Path:
     return Path(root) / f"node-{node}"
 
 
-def _dtype_name(payload_dtype) -> str:
-    return jnp.dtype(payload_dtype or jnp.float32).name
-
-
 def _leaf_name(path) -> str:
     return "/".join(str(key.key) for key in path if isinstance(key, jax.tree_util.DictKey))
 
 
 def _layer_entries(plan: Plan) -> list[dict]:
     return [{"name": name, "spec": dataclasses.asdict(layer.spec), "k": layer.k,
+             "payload": layer.payload,
              "arrays": {field: None if value is None else [list(value.shape), str(value.dtype)]
                         for field, value in layer.arrays().items()}}
             for name, layer in plan.items()]
@@ -89,7 +86,8 @@ def export_bundles(model: nnx.Module, plan: Plan, out: str | os.PathLike, *,
       out: the folder that receives ``node-0`` .. ``node-{N-1}``.
       settings: JSON-able record of how to build the untrained network again
         (kept in every manifest; :func:`load_distributed` hands it back).
-      payload_dtype: dtype the exchanged channels travel in (default float32).
+      payload_dtype: if given, must be the plan's payload (what travels is
+        part of the plan: :func:`disco_jax.set_payload_dtype`).
       overwrite: replace ``out`` if it exists.
 
     The bundles are written to a temporary folder beside ``out`` and renamed
@@ -114,7 +112,7 @@ def export_bundles(model: nnx.Module, plan: Plan, out: str | os.PathLike, *,
             np.savez(folder / WEIGHTS, **rows)
             manifest = {
                 "format": FORMAT, "version": VERSION, "node": node, "nodes": nodes,
-                "payload_dtype": _dtype_name(payload_dtype), "plan_checksum": checksum,
+                "payload_dtype": plan.payload, "plan_checksum": checksum,
                 "settings": settings, "layers": _layer_entries(plan),
                 "arrays": {name: {"shape": list(row.shape), "dtype": str(row.dtype),
                                   "sha256": array_checksum(row)} for name, row in rows.items()},
@@ -244,7 +242,8 @@ def _abstract_plan(layers: list[dict], arrays: dict) -> Plan:
     for entry in layers:
         name = entry["name"]
         plans[name] = LayerPlan(name, LayerSpec(**entry["spec"]), int(entry["k"]),
-                                **{field: arrays[name].get(field) for field in _FIELDS})
+                                **{field: arrays[name].get(field) for field in _FIELDS},
+                                payload=entry.get("payload", "float32"))
     return Plan(plans)
 
 
@@ -290,23 +289,26 @@ def load_distributed(root: str | os.PathLike, mesh, build, *, payload_dtype=None
                             f"plans ({manifests[node]['plan_checksum'][:16]} and "
                             f"{first['plan_checksum'][:16]}); export the bundles of one plan "
                             "together")
-    if payload_dtype is not None and _dtype_name(payload_dtype) != first["payload_dtype"]:
+    if payload_dtype is not None and payload_of(payload_dtype) != first["payload_dtype"]:
         raise PlanError(f"the bundles under {root} send {first['payload_dtype']} payloads, not "
-                        f"{_dtype_name(payload_dtype)}; export them again with that payload "
-                        "dtype, or load them without asking for another")
+                        f"{payload_of(payload_dtype)}; export them from a model "
+                        "trained with that payload (disco_jax.set_payload_dtype), or load them "
+                        "without asking for another")
     shapes = {entry["name"]: {field: None if shape is None else
                               jax.ShapeDtypeStruct(tuple(shape[0]), np.dtype(shape[1]))
                               for field, shape in entry["arrays"].items()}
               for entry in first["layers"]}
-    dtype = None if first["payload_dtype"] == "float32" else first["payload_dtype"]
 
     def structure(arrays):
         model = build()
         model.eval()
         if compute_dtype is not None:
             set_compute_dtype(model, compute_dtype)
-        return to_inference(model, _abstract_plan(first["layers"], arrays),
-                            payload_dtype=dtype)
+        plan = _abstract_plan(first["layers"], arrays)
+        for name, layer in disco_layers(model).items():  # what the bundles' plan sends
+            if name in plan:
+                layer.payload_dtype = plan[name].payload
+        return to_inference(model, plan)
 
     try:
         graphdef, abstract = nnx.split(nnx.eval_shape(structure, shapes))
@@ -345,6 +347,7 @@ def load_distributed(root: str | os.PathLike, mesh, build, *, payload_dtype=None
         for opened in weights.values():
             opened.close()
     return DistributedModel.from_parts(graphdef, state, mesh, nodes,
-                                       checksum=first["plan_checksum"], payload_dtype=dtype,
+                                       checksum=first["plan_checksum"],
+                                       payload_dtype=first["payload_dtype"],
                                        output_rank=output_rank, output_channels=output_channels,
                                        split_input=split_input, program_cache=program_cache)

@@ -33,7 +33,8 @@ from disco_jax.coordination import barrier, share
 from disco_jax.errors import ConfigError, PlanError
 from disco_jax.layers import _DiscoLinear, compute_dtype_of, disco_layers
 from disco_jax.mesh import AXIS, channel_spec, node_spec, replicate, shard_channels, shard_nodes
-from disco_jax.parallel import node_forward
+from disco_jax.parallel import node_forward, plan_payload
+from disco_jax.payload import payload_of
 from disco_jax.plan import LayerPlan, Plan, check_plan_matches, compile_plan, plan_checksum
 from disco_jax.programs import load_or_compile
 
@@ -47,7 +48,7 @@ class PlannedLinear(nnx.Module):
 
     def __init__(self, plan: LayerPlan, *, payload_dtype=None, compute_dtype=None):
         self.name, self.spec, self.k = plan.name, plan.spec, plan.k
-        self.payload_dtype = payload_dtype
+        self.payload_dtype = plan_payload(plan, payload_dtype)
         self.compute_dtype = compute_dtype_of(compute_dtype, plan.name)
         self.send_idx = PlanArray(jnp.asarray(plan.send_idx))
         self.kernel = PlanArray(jnp.asarray(plan.kernel))
@@ -106,10 +107,11 @@ def to_inference(model: nnx.Module, plan: Plan | None = None, *,
     Arguments:
       model: a trained model whose DISCO layers have exact masks.
       plan: its plan (default: compiled from ``model`` now); checked against it.
-      payload_dtype: dtype the exchanged channels travel in (default float32).
+      payload_dtype: if given, must be the plan's payload.
 
     Each DISCO layer keeps the compute dtype it has in ``model``
-    (:func:`disco_jax.set_compute_dtype`).
+    (:func:`disco_jax.set_compute_dtype`) and sends what its plan says
+    (``LayerPlan.payload``: the layer's :func:`disco_jax.set_payload_dtype`).
 
     Raises:
       PlanError: ``plan`` was compiled from another model.
@@ -153,7 +155,8 @@ class DistributedModel:
       model: the trained model (training form).
       mesh: a 1-D mesh over ``AXIS`` with ``plan.nodes`` devices.
       plan: the model's plan (default: compiled from ``model``).
-      payload_dtype: dtype the exchanged channels travel in (default float32).
+      payload_dtype: if given, must be the plan's payload (what travels is
+        part of the plan: :func:`disco_jax.set_payload_dtype`).
       output_rank: rank of the model's output (2 for logits ``[B, classes]``,
         4 for per-pixel outputs), or, for a model that returns several
         arrays (a dict, tuple or list), the same structure of ranks; every
@@ -185,7 +188,7 @@ class DistributedModel:
         checksum = plan_checksum(plan) if jax.process_count() > 1 else ""
         graphdef, state = nnx.split(to_inference(model, plan, payload_dtype=payload_dtype))
         self._setup(graphdef, shard_nodes(state, mesh), mesh, plan.nodes, checksum,
-                    payload_dtype, output_rank, output_channels, split_input, program_cache)
+                    plan.payload, output_rank, output_channels, split_input, program_cache)
         self.plan = plan
 
     @classmethod
@@ -282,7 +285,7 @@ def _check_nodes_agree(checksum: str, nodes: int, payload_dtype) -> None:
     same plan, for the same mesh size and payload dtype."""
     if jax.process_count() == 1:
         return
-    payload = jnp.dtype(payload_dtype or jnp.float32).name
+    payload = payload_dtype if payload_dtype == "mixed" else payload_of(payload_dtype)
     said = share("plan", f"plan {checksum[:16]}, {nodes} nodes, {payload} payloads")
     if len(set(said)) > 1:
         raise PlanError("the nodes do not run the same plan: "

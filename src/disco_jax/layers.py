@@ -41,6 +41,7 @@ import numpy as np
 from flax import nnx
 
 from disco_jax.errors import ConfigError
+from disco_jax.payload import is_exact, payload_of, quantise
 
 Padding = Literal["SAME", "VALID"] | int
 _DIMS = ("NHWC", "HWIO", "NHWC")
@@ -428,6 +429,8 @@ class _DiscoLinear(nnx.Module):
         self.mask = CommMask(jnp.ones(spec.mask_shape, jnp.float32)) if spec.split_input else None
         self.basis = nnx.data(None)  # directions are channels; see use_basis
         self.compute_dtype = None  # float32; see set_compute_dtype
+        self.payload_dtype = "float32"  # what the other nodes' channels arrive as; see
+        # set_payload_dtype
 
     def use_basis(self, basis: jax.Array | None = None) -> None:
         """Reads the other nodes' channels in a basis of directions from now on
@@ -472,8 +475,50 @@ class _DiscoLinear(nnx.Module):
                 f"got shape {tuple(x.shape)}")
         note_input(self, x)
         bias = None if self.bias is None else self.bias[...]
-        return linear(self.spec, read_input(self.spec, x), self.masked_kernel(), bias,
-                      compute_dtype=self.compute_dtype)
+        x = read_input(self.spec, x)
+        if self.spec.split_input and not is_exact(self.payload_dtype):
+            x, kernel = self._through_the_wire(x)
+        else:
+            kernel = self.masked_kernel()
+        return linear(self.spec, x, kernel, bias, compute_dtype=self.compute_dtype)
+
+    def _through_the_wire(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The input and kernel of the training form with a lossy payload: each
+        node reads its own channels as they are and the other nodes' channels
+        (or directions) as the wire delivers them (:func:`disco_jax.payload.quantise`).
+
+        Returns ``[x, quantise(x)]`` with the kernel's diagonal blocks above
+        its masked off-diagonal ones. With a basis, or an input ``[B, C]``
+        (whose int8 scale covers one message's k values), ``[x, quantise(R)]``
+        instead, where ``R[..., i, j, d]`` is direction (or channel) d of
+        sender j as receiver i reads it, each read only by receiver i's
+        outputs. Both have the input width the kernel expects, so
+        :func:`linear` computes them as any other input.
+        """
+        spec, payload = self.spec, self.payload_dtype
+        n, g_in, g_out = spec.nodes, spec.group_in, spec.group_out
+        kernel, mask = self.kernel[...], self.mask[...]
+        own = basis_kernel(spec, kernel, jnp.zeros(spec.mask_shape, kernel.dtype), None)
+        if self.basis is None and x.ndim > 2:  # the channels themselves, a scale each
+            off = basis_kernel(spec, kernel, mask, None) - own
+            return (jnp.concatenate([x, quantise(payload, x)], -1),
+                    jnp.concatenate([own, off], -2))
+        senders = x.reshape(*x.shape[:-1], n, g_in)  # [..., j, c]
+        if self.basis is None:
+            messages = jnp.broadcast_to(senders[..., None, :, :], (*x.shape[:-1], n, n, g_in))
+        else:
+            messages = jnp.einsum("...jc,ijcd->...ijd", senders, self.basis[...])
+        if x.ndim == 2:  # [B, i, j, d]: one scale per message, over what travels
+            received = quantise(payload, messages, axes=(3,), counted=mask > 0)
+        else:  # one scale per direction, over the pixels
+            received = quantise(payload, messages.reshape(*x.shape[:-1], n * n * g_in))
+        blocks = kernel.reshape(-1, n, g_in, n, g_out)  # [taps, j, direction, i, o]
+        read = jnp.transpose(mask, (1, 2, 0))[None, :, :, :, None]  # [1, j, d, i, 1]
+        eye = jnp.eye(n, dtype=kernel.dtype)
+        off = jnp.einsum("tjdio,ik,ij->tijdko", blocks * read, eye, 1 - eye)
+        off = off.reshape(*kernel.shape[:-2], n * n * g_in, spec.c_out)
+        received = received.reshape(*x.shape[:-1], n * n * g_in)
+        return jnp.concatenate([x, received], -1), jnp.concatenate([own, off], -2)
 
 
 class DiscoConv(_DiscoLinear):
@@ -541,6 +586,24 @@ def set_compute_dtype(model: nnx.Module, dtype) -> None:
     for _, module in nnx.iter_modules(model):
         if "compute_dtype" in vars(module):  # DiscoConv, DiscoDense, PlannedLinear
             module.compute_dtype = name
+
+
+def set_payload_dtype(model: nnx.Module, dtype) -> None:
+    """From now on every DISCO layer of ``model`` sends the channels (or
+    directions) other nodes read as ``dtype`` (:data:`disco_jax.payload.PAYLOADS`;
+    ``None`` or ``"float32"``: the default). The training form then reads them
+    as the wire delivers them (:func:`disco_jax.payload.quantise`, with a
+    straight-through gradient), so training after this teaches the network to
+    read them, and the single-device reference quantises as the mesh does.
+    :func:`disco_jax.compile_plan` records each layer's payload in its plan.
+
+    Raises:
+      ConfigError: a dtype outside the payloads.
+    """
+    name = payload_of(dtype)
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, _DiscoLinear):
+            module.payload_dtype = name
 
 
 class NodeConcat(nnx.Module):

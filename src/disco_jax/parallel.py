@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from disco_jax.errors import ConfigError
+from disco_jax.errors import ConfigError, PlanError
 from disco_jax.layers import LayerSpec, compute_dtype_of, linear, read_input
 from disco_jax.mesh import (
     AXIS,
@@ -28,6 +28,7 @@ from disco_jax.mesh import (
     shard_channels,
     shard_nodes,
 )
+from disco_jax.payload import decode, encode, payload_of
 from disco_jax.plan import LayerPlan
 
 
@@ -36,25 +37,9 @@ def shift_permutation(nodes: int, shift: int) -> list[tuple[int, int]]:
     return [(j, (j + shift) % nodes) for j in range(nodes)]
 
 
-def _to_wire(x: jax.Array, payload_dtype) -> jax.Array:
-    """Casts to the payload dtype and reinterprets it as unsigned ints of the
-    same width, so that XLA cannot move the cast across the ``ppermute`` (XLA:CPU
-    otherwise sends a float32 payload after all)."""
-    if payload_dtype is None or jnp.dtype(payload_dtype) == x.dtype:
-        return x
-    narrow = x.astype(payload_dtype)
-    return jax.lax.bitcast_convert_type(narrow, jnp.dtype(f"uint{narrow.dtype.itemsize * 8}"))
-
-
-def _from_wire(x: jax.Array, payload_dtype, dtype) -> jax.Array:
-    if payload_dtype is None or jnp.dtype(payload_dtype) == jnp.dtype(dtype):
-        return x
-    return jax.lax.bitcast_convert_type(x, payload_dtype).astype(dtype)
-
-
 def node_forward(spec: LayerSpec, k: int, x: jax.Array, send_idx: jax.Array,
                  kernel: jax.Array, bias: jax.Array | None, *,
-                 payload_dtype: jnp.dtype | None = None,
+                 payload_dtype: str | None = None,
                  send_proj: jax.Array | None = None,
                  compute_dtype: str | None = None) -> jax.Array:
     """One node's share of a DISCO layer; call inside ``shard_map`` over ``AXIS``.
@@ -65,7 +50,9 @@ def node_forward(spec: LayerSpec, k: int, x: jax.Array, send_idx: jax.Array,
       send_idx: ``int32[1, N-1, k]``: channels this node sends at each shift.
       kernel: ``f32[1, *K, C_in/N + (N-1)*k, C_out/N]``: this node's packed kernel.
       bias: ``f32[1, C_out/N]`` or None.
-      payload_dtype: dtype the sent values travel in (default: that of ``x``).
+      payload_dtype: what the sent values travel as (:mod:`disco_jax.payload`,
+        a plan's ``payload``; default float32): one message per shift, values
+        and scales together.
       send_proj: ``f32[1, N-1, C_in/N, k]`` or None: the directions this node
         sends at each shift (``x @ send_proj``) instead of the channels
         ``send_idx`` names.
@@ -74,6 +61,7 @@ def node_forward(spec: LayerSpec, k: int, x: jax.Array, send_idx: jax.Array,
     Returns:
       ``f32[B, H_out, W_out, C_out/N]`` or ``f32[..., C_out/N]``: this node's outputs.
     """
+    payload_dtype = payload_of(payload_dtype, "node_forward")
     x = read_input(spec, x)  # a strided 1x1 conv drops unread pixels before sending
     parts = [x]
     if k > 0:
@@ -85,12 +73,27 @@ def node_forward(spec: LayerSpec, k: int, x: jax.Array, send_idx: jax.Array,
                                 mode="clip", unique_indices=True, indices_are_sorted=True)
             else:  # k directions: a 1x1 projection on the sender
                 sent = jnp.matmul(x, send_proj[0, shift - 1])  # [..., k]
-            sent = _to_wire(sent, payload_dtype)
-            received = jax.lax.ppermute(sent, AXIS, shift_permutation(spec.nodes, shift))
-            parts.append(_from_wire(received, payload_dtype, x.dtype))
+            received = jax.lax.ppermute(encode(payload_dtype, sent), AXIS,
+                                        shift_permutation(spec.nodes, shift))
+            parts.append(decode(payload_dtype, received, sent.shape, x.dtype))
     x_all = jnp.concatenate(parts, axis=-1) if len(parts) > 1 else x
     return linear(spec, x_all, kernel[0], None if bias is None else bias[0],
                   compute_dtype=compute_dtype)
+
+
+def plan_payload(plan: LayerPlan, payload_dtype=None) -> str:
+    """The payload ``plan`` sends; ``payload_dtype``, if given, must be it.
+
+    Raises:
+      PlanError: another payload dtype was asked for.
+    """
+    if payload_dtype is not None and payload_of(payload_dtype, plan.name) != plan.payload:
+        raise PlanError(
+            f"{plan.name}: the plan sends {plan.payload} payloads, not "
+            f"{payload_of(payload_dtype)}; what travels is part of the plan: call "
+            f"disco_jax.set_payload_dtype(model, {payload_of(payload_dtype)!r}) on the "
+            f"trained model (fine-tune it so it learns to read them) and compile its plan")
+    return plan.payload
 
 
 class DistributedLayer:
@@ -100,7 +103,8 @@ class DistributedLayer:
       plan: the layer's frozen plan.
       mesh: a 1-D mesh over ``AXIS`` with ``plan.spec.nodes`` devices
         (:func:`disco_jax.make_mesh`).
-      payload_dtype: dtype the exchanged channels travel in (default float32).
+      payload_dtype: if given, must be the plan's payload (what the channels
+        travel as is part of the plan: :func:`disco_jax.set_payload_dtype`).
       compute_dtype: the dtype of the layer's products (default float32;
         :func:`~disco_jax.layers.linear`).
 
@@ -116,7 +120,7 @@ class DistributedLayer:
                 f"{plan.name}: the plan is for {spec.nodes} nodes but the mesh is "
                 f"{dict(mesh.shape)}; build it with disco_jax.make_mesh({spec.nodes})")
         self.plan, self.mesh = plan, mesh
-        self.payload_dtype = payload_dtype
+        self.payload_dtype = plan_payload(plan, payload_dtype)
         self.compute_dtype = compute_dtype_of(compute_dtype, plan.name)
         self.send_idx = shard_nodes(jnp.asarray(plan.send_idx), mesh)
         self.kernel = shard_nodes(jnp.asarray(plan.kernel), mesh)

@@ -11,7 +11,10 @@ A plan is what inference needs and nothing more. Per DISCO layer it holds
 - ``send_proj: f32[N, N-1, C_in/N, k]`` (or None): for a layer that sends
   directions rather than channels (a :class:`~disco_jax.layers.CommBasis`),
   the 1 x 1 projection node j applies to its channels before sending at shift
-  s; ``send_idx`` then names the directions (the kernel rows they meet).
+  s; ``send_idx`` then names the directions (the kernel rows they meet),
+- ``payload``: what they travel as (:mod:`disco_jax.payload`: ``"float32"``,
+  ``"bfloat16"`` or ``"int8"`` with per-channel scales), the layer's
+  ``payload_dtype`` when it was compiled.
 
 It is derived from a trained layer by :func:`compile_layer` /
 :func:`compile_plan`, never edited by hand. On disk (:func:`save_plan`) a plan
@@ -37,11 +40,13 @@ from flax import nnx
 from disco_jax.errors import ConfigError, PlanError
 from disco_jax.layers import LayerSpec, _DiscoLinear, disco_layers
 from disco_jax.masks import check_k, mask_to_indices
+from disco_jax.payload import payload_of
 
 FORMAT = "disco_jax.plan"
-VERSION = 2
-"""Version 2 added ``send_proj``; version-1 plans (without it) still load."""
-READS = (1, 2)
+VERSION = 3
+"""Version 2 added ``send_proj``, version 3 each layer's ``payload``; older
+plans (float32 payloads, no projections) still load."""
+READS = (1, 2, 3)
 _ARRAYS = ("send_idx", "kernel", "bias", "send_proj")
 
 
@@ -56,10 +61,12 @@ class LayerPlan:
     kernel: np.ndarray
     bias: np.ndarray | None
     send_proj: np.ndarray | None = None
+    payload: str = "float32"
 
     def __post_init__(self):
         spec, n = self.spec, self.spec.nodes
         check_k(self.k, spec.group_in, self.name)
+        object.__setattr__(self, "payload", payload_of(self.payload, self.name))
         expected = {
             "send_idx": (n, n - 1, self.k),
             "kernel": (n, *spec.packed_kernel_shape(self.k)),
@@ -109,6 +116,13 @@ class Plan(Mapping[str, LayerPlan]):
         if len(sizes) != 1:
             raise PlanError(f"a plan spans one node count, this one has {sorted(sizes)}")
         return sizes.pop()
+
+    @property
+    def payload(self) -> str:
+        """The payload its layers send (:mod:`disco_jax.payload`), or
+        ``"mixed"`` when they differ."""
+        kinds = {layer.payload for layer in self.layers.values() if layer.spec.split_input}
+        return kinds.pop() if len(kinds) == 1 else ("float32" if not kinds else "mixed")
 
 
 def pack_kernel(spec: LayerSpec, kernel: np.ndarray, send_idx: np.ndarray) -> np.ndarray:
@@ -164,7 +178,7 @@ def compile_layer(layer: _DiscoLinear, name: str | None = None) -> LayerPlan:
                 send_proj[j, s - 1] = basis[(j + s) % n, j][:, send_idx[j, s - 1]]
     return LayerPlan(name, spec, k, send_idx,
                      pack_kernel(spec, np.asarray(layer.kernel[...]), send_idx), bias,
-                     send_proj)
+                     send_proj, layer.payload_dtype)
 
 
 def compile_plan(model: nnx.Module) -> Plan:
@@ -192,6 +206,20 @@ def check_plan_matches(plan: Plan, model: nnx.Module) -> None:
                 f"the plan was compiled for a {plan[name].spec.describe()} layer "
                 f"({plan[name].spec}). Compile a plan from this model, or build the model "
                 "with the plan's shapes and node count.")
+        if payload_sent(plan[name]) != payload_sent(layer):
+            raise PlanError(
+                f"layer {name}: the plan sends {plan[name].payload} payloads, the model's "
+                f"layer reads {layer.payload_dtype} ones. Call "
+                f"disco_jax.set_payload_dtype(model, {plan[name].payload!r}) before using "
+                f"this plan (and fine-tune with it), or compile a plan from the model.")
+
+
+def payload_sent(layer) -> str:
+    """What a layer or layer plan sends; a layer on the replicated input sends
+    nothing, so its payload is moot (``"float32"``)."""
+    if not layer.spec.split_input:
+        return "float32"
+    return layer.payload if isinstance(layer, LayerPlan) else layer.payload_dtype
 
 
 def array_checksum(array: np.ndarray) -> str:
@@ -209,6 +237,7 @@ def plan_checksum(plan: Plan) -> str:
                 "arrays": {field: None if value is None else
                            [list(value.shape), str(value.dtype), array_checksum(value)]
                            for field, value in layer.arrays().items()}}
+               | ({} if layer.payload == "float32" else {"payload": layer.payload})
                for name, layer in plan.items()]
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
 
@@ -256,7 +285,7 @@ def save_plan(plan: Plan, path: str | os.PathLike, *, overwrite: bool = False) -
                                  "sha256": array_checksum(value)}
                 if value.size:  # orbax refuses zero-size arrays; the shape says it all
                     tree.setdefault(key, {})[field] = np.asarray(value)
-            entries.append({"name": name, "key": key, "k": layer.k,
+            entries.append({"name": name, "key": key, "k": layer.k, "payload": layer.payload,
                             "spec": dataclasses.asdict(layer.spec), "arrays": arrays})
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(tmp / "arrays", tree)
@@ -329,7 +358,11 @@ def load_plan(path: str | os.PathLike, model: nnx.Module | None = None) -> Plan:
                                 "(the file was changed or damaged); compile and save the plan "
                                 "again")
             arrays[field] = value
-        layers[name] = LayerPlan(name, specs[name], int(entry["k"]), **arrays)
+        try:
+            layers[name] = LayerPlan(name, specs[name], int(entry["k"]), **arrays,
+                                     payload=entry.get("payload", "float32"))
+        except ConfigError as err:
+            raise PlanError(f"{meta_file} is corrupted or not a disco_jax plan: {err}") from None
     plan = Plan(layers)
     if model is not None:
         check_plan_matches(plan, model)

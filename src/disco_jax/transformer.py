@@ -24,7 +24,7 @@ it is given, so the same ``__call__`` runs both ways.
 
 Modules that are not DISCO layers but hold arrays implement
 ``inference_form(nodes, name)`` (used by :func:`disco_jax.to_inference`) and
-``costs(input_shape, nodes, payload_bytes)`` (used by
+``costs(input_shape, nodes)`` (used by
 :func:`disco_jax.model_costs`).
 """
 
@@ -101,12 +101,12 @@ class LayerNorm(nnx.Module):
     def inference_form(self, nodes: int, name: str) -> SplitLayerNorm:
         return SplitLayerNorm(self, nodes, name)
 
-    def costs(self, input_shape, nodes: int, payload_bytes: int = 4) -> dict[str, Cost]:
+    def costs(self, input_shape, nodes: int) -> dict[str, Cost]:
         """Per sample: every node sends its two partial sums per token to every
         other node (the ``psum``); scale and bias are split over nodes."""
         tokens = math.prod(input_shape[:-1])
         values = nodes * (nodes - 1) * 2 * tokens
-        return node_variants(nodes, comm_values=values, payload_bytes=payload_bytes,
+        return node_variants(nodes, comm_values=values,
                              params=2 * self.channels)
 
 
@@ -147,7 +147,7 @@ class ChannelParam(nnx.Module):
     def inference_form(self, nodes: int, name: str) -> NodeParam:
         return NodeParam(_split(self.value[...], nodes, name))
 
-    def costs(self, input_shape, nodes: int, payload_bytes: int = 4) -> dict[str, Cost]:
+    def costs(self, input_shape, nodes: int) -> dict[str, Cost]:
         return node_variants(nodes, params=self.value.size)
 
 
@@ -216,7 +216,7 @@ class _QKV(nnx.Module):
     def keys_per_query(self, input_shape) -> int:
         raise NotImplementedError
 
-    def costs(self, input_shape, nodes: int, payload_bytes: int = 4) -> dict[str, Cost]:
+    def costs(self, input_shape, nodes: int) -> dict[str, Cost]:
         """FLOPs of the attention itself (Q K^T and weights x V; the
         projections are DISCO layers, counted apart); nothing travels."""
         tokens = math.prod(input_shape[:-1])

@@ -57,34 +57,32 @@ class LayerCheck:
         return self.max_abs_diff / max(self.max_abs_reference, np.finfo(np.float32).tiny)
 
 
-def verify_layer(layer: _DiscoLinear, x: jax.Array, *, payload_dtype=None,
+def verify_layer(layer: _DiscoLinear, x: jax.Array, *,
                  name: str | None = None) -> LayerCheck:
     """Runs ``layer`` in both forms on ``x`` and measures the compiled program.
 
     Arguments:
       layer: a DISCO layer with an exact mask.
       x: a global input, ``f32[B, H, W, C_in]`` or ``f32[B, ..., C_in]``.
-      payload_dtype: dtype the exchanged channels travel in (default: x's).
       name: the layer's name in the result (default: ``layer.name``).
 
     Both forms compute in the layer's compute dtype
-    (:func:`disco_jax.set_compute_dtype`).
+    (:func:`disco_jax.set_compute_dtype`) and read what its payload delivers
+    (:func:`disco_jax.set_payload_dtype`: the reference quantises as the wire does).
     """
     plan = compile_layer(layer, name)
     reference = layer(x)
     distributed = DistributedLayer(plan, make_mesh(plan.spec.nodes),
-                                   payload_dtype=payload_dtype,
                                    compute_dtype=layer.compute_dtype)
     compiled = distributed.compile(x)
     out = compiled(*distributed.inputs(x))
     batch = x.shape[0]
-    payload_bytes = jnp.dtype(payload_dtype or x.dtype).itemsize
     hlo = compiled.as_text()
     return LayerCheck(
         name=plan.name, k=plan.k, batch=batch,
         max_abs_diff=float(jnp.max(jnp.abs(out - reference))),
         max_abs_reference=float(jnp.max(jnp.abs(reference))),
-        costs=layer_costs(plan.spec, plan.k, x.shape[1:-1], payload_bytes=payload_bytes,
+        costs=layer_costs(plan.spec, plan.k, x.shape[1:-1], payload=plan.payload,
                           projected=plan.send_proj is not None),
         hlo_comm_bytes=hlo_permute_bytes(hlo) / batch,
         hlo_flops=hlo_flops(compiled) / batch,
