@@ -7,7 +7,9 @@ Run by :mod:`benchmarks.network` through the launcher, one process per node:
 
 Every node builds the same network (random weights: latency does not depend on
 what the weights learned) in two forms, the dense split (every channel
-travels) and DISCO (random exact masks at ``--comm-ratio``), compiles both as
+travels, float32) and DISCO (random exact masks at ``--comm-ratio``), DISCO
+once per payload of ``--payloads`` (``disco`` sends float32, ``disco_int8``
+the same channels as int8 with their scales, ...), compiles them all as
 :class:`disco_jax.DistributedModel` programs for each batch size, and times
 them: one warm-up run, then ``--repeats`` timed runs, wall time on node 0
 from the call to the output being ready. Node 0 also times, at each rate, a
@@ -42,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
                         help="what the nodes' products compute in")
+    parser.add_argument("--payloads", default="float32",
+                        help="what DISCO's channels travel as, one DISCO program each "
+                             "(comma-separated: float32, bfloat16, int8)")
     parser.add_argument("--rates", default="unlimited",
                         help="tc rates (100mbit, 1gbit, ...) or unlimited, comma-separated")
     parser.add_argument("--repeats", type=int, default=5)
@@ -53,7 +58,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
     args.rates = args.rates.split(",")
+    args.payloads = parse_payloads(parser, args.payloads)
     return args
+
+
+def parse_payloads(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """``--payloads``: comma-separated names of :data:`disco_jax.payload.PAYLOADS`."""
+    from disco_jax.payload import PAYLOADS
+
+    payloads = text.split(",")
+    if not payloads or any(p not in PAYLOADS for p in payloads) or len(set(payloads)) < len(
+            payloads):
+        parser.error(f"--payloads takes distinct names among {', '.join(PAYLOADS)}, got {text!r}")
+    return payloads
+
+
+def disco_variant(payload: str) -> str:
+    """The name of DISCO's program with ``payload``: ``disco`` (float32), ``disco_int8``, ..."""
+    return "disco" if payload == "float32" else f"disco_{payload}"
 
 
 def rate_bits(rate: str) -> float | None:
@@ -89,10 +111,12 @@ def timed(fn, repeats: int) -> dict:
 
 
 def compile_variants(args, nodes: int, mesh):
-    """The dense split and DISCO (random exact masks at ``args.comm_ratio``) of
-    ``args.model`` (random weights), compiled for every batch: returns
-    ``(programs, costs)`` with ``programs[variant, batch] = (compiled, inputs,
-    {"messages", "hlo_bytes"})`` and ``costs[variant]`` the plan's per-node cost."""
+    """The dense split and DISCO (random exact masks at ``args.comm_ratio``,
+    one program per payload of ``args.payloads``, default float32:
+    :func:`disco_variant`) of ``args.model`` (random weights), compiled for
+    every batch: returns ``(programs, costs)`` with ``programs[variant, batch]
+    = (compiled, inputs, {"messages", "hlo_bytes"})`` and ``costs[variant]``
+    the plan's per-node cost."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -107,13 +131,17 @@ def compile_variants(args, nodes: int, mesh):
     sparsify.FixedMask("dense_split").update(model, 0)
     model.eval()
     dj.set_compute_dtype(model, args.compute_dtype)
-    disco = nnx.clone(model)
-    dj.set_random_masks(disco, jax.random.key(1), args.comm_ratio)
+    forms = {"dense_split": model}
+    for payload in getattr(args, "payloads", ["float32"]):
+        forms[disco_variant(payload)] = disco = nnx.clone(model)
+        dj.set_random_masks(disco, jax.random.key(1), args.comm_ratio)  # the same masks
+        dj.set_payload_dtype(disco, payload)
     programs, costs = {}, {}
-    for variant, form in (("dense_split", model), ("disco", disco)):
+    for variant, form in forms.items():
         plan = dj.compile_plan(form)
         distributed = dj.DistributedModel(form, mesh, plan, output_channels=args.classes)
-        costs[variant] = dj.model_costs(form, (1, *shape), plan).totals[variant]
+        costs[variant] = dj.model_costs(form, (1, *shape), plan).totals[
+            "dense_split" if variant == "dense_split" else "disco"]
         for batch in args.batches:
             x = jnp.zeros((batch, *shape), jnp.float32)
             compiled = distributed.compile(x)
@@ -158,7 +186,7 @@ def run(args) -> dict:
     return {
         "model": args.model, "nodes": nodes, "processes": jax.process_count(),
         "input_shape": list(shape), "classes": args.classes, "comm_ratio": args.comm_ratio,
-        "compute_dtype": args.compute_dtype,
+        "compute_dtype": args.compute_dtype, "payloads": args.payloads,
         "batches": args.batches, "repeats": args.repeats,
         "comm_bytes_per_image": {v: c.comm_bytes for v, c in costs.items()},
         "flops_per_node_per_image": {v: c.flops for v, c in costs.items()},

@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 from benchmarks import add_xla_defaults_option, apply_xla_flags
-from benchmarks.latency import rate_bits
+from benchmarks.latency import disco_variant, parse_payloads, rate_bits
 
 RATES = ("100mbit", "1gbit", "unlimited")
 LINK_MODEL = ("one network namespace; its loopback (MTU 1500) behind a tc tbf qdisc at the "
@@ -65,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
                         help="what disco_jax's products compute in, on the nodes and the "
                              "single node (ONNX Runtime and TensorFlow run float32)")
+    parser.add_argument("--payloads", default="float32,int8",
+                        help="what DISCO's channels travel as, one DISCO row each (the same "
+                             "channels; float32 first: the main row; default float32,int8)")
     parser.add_argument("--cpus", default="0,1", help="the two nodes' cores (default 0,1)")
     parser.add_argument("--quick", action="store_true",
                         help="ResNet-18, batch 1, 3 repeats: under 5 minutes")
@@ -82,6 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             rate_bits(rate)
         except ValueError as err:
             parser.error(str(err))
+    args.payloads = parse_payloads(parser, args.payloads)
+    if args.payloads[0] != "float32":
+        parser.error(f"--payloads starts with float32 (DISCO's main row), got {args.payloads}")
     args.cpus = [int(c) for c in args.cpus.split(",")]
     if len(args.cpus) != 2:
         parser.error(f"--cpus takes the two nodes' cores, got {args.cpus}")
@@ -141,6 +147,7 @@ def measure(model: str, args, rates: list[str], namespace: Namespace | None) -> 
         out = Path(folder) / "latency.json"
         argv = ["--model", model, "--image-size", str(args.image_size),
                 "--comm-ratio", str(args.comm_ratio), "--compute-dtype", args.compute_dtype,
+                "--payloads", ",".join(args.payloads),
                 "--batches", ",".join(map(str, args.batches)), "--rates", ",".join(rates),
                 "--repeats", str(args.repeats), "--out", str(out)]
         if namespace is not None:
@@ -194,23 +201,35 @@ def summarize(timings: dict, single_report: dict) -> list[dict]:
                                  "engine": row["engine"],
                                  "parameters": row.get("parameters")})
         links = []
+        narrow = timings.get("payloads", ["float32"])[1:]  # DISCO's rows beside float32's
+        variants = ["dense_split", "disco", *map(disco_variant, narrow)]
         for link in timings["links"]:
-            result = {v: link["results"][f"{v}/{batch}"] for v in ("dense_split", "disco")}
+            result = {v: link["results"][f"{v}/{batch}"] for v in variants}
             bits = rate_bits(link["rate"])
+            split_ms = result["dense_split"]["median_ms"]
             entry = {
                 "rate": link["rate"], "single_ms": single["median_ms"],
-                "dense_split_ms": result["dense_split"]["median_ms"],
+                "dense_split_ms": split_ms,
                 "disco_ms": result["disco"]["median_ms"],
                 "spread_ms": {"single": [single["min_ms"], single["max_ms"]],
                               **{v: [r["min_ms"], r["max_ms"]] for v, r in result.items()}},
-                "speedup_vs_dense_split": (result["dense_split"]["median_ms"]
-                                           / result["disco"]["median_ms"]),
+                "speedup_vs_dense_split": split_ms / result["disco"]["median_ms"],
                 "speedup_vs_single": single["median_ms"] / result["disco"]["median_ms"],
                 "per_message_ms": link["per_message_ms"],
                 "exchange_1mb_ms": link["exchange_1mb_ms"],
+                "payloads": {payload: {
+                    "disco_ms": result[disco_variant(payload)]["median_ms"],
+                    "speedup_vs_dense_split": split_ms / result[disco_variant(payload)][
+                        "median_ms"],
+                    "speedup_vs_single": single["median_ms"] / result[disco_variant(payload)][
+                        "median_ms"],
+                    "bytes_ratio_vs_dense_split": (
+                        timings["comm_bytes_per_image"]["dense_split"]
+                        / timings["comm_bytes_per_image"][disco_variant(payload)])}
+                    for payload in narrow},
             }
             breakdown = {}
-            for variant in ("dense_split", "disco"):
+            for variant in variants:
                 program = timings["programs"][f"{variant}/{batch}"]
                 breakdown[variant] = {
                     "compute_ms": (None if unlimited is None else
@@ -226,6 +245,7 @@ def summarize(timings: dict, single_report: dict) -> list[dict]:
             "model": timings["model"], "nodes": timings["nodes"], "batch": batch,
             "input_shape": timings["input_shape"], "comm_ratio": timings["comm_ratio"],
             "compute_dtype": timings["compute_dtype"],
+            "payloads": timings.get("payloads", ["float32"]),
             "comm_bytes_per_image": timings["comm_bytes_per_image"],
             "flops_per_node_per_image": timings["flops_per_node_per_image"],
             "single": {"program": single["program"], "ms": single["median_ms"],
@@ -243,16 +263,21 @@ def _reference_ms(run: dict, name: str) -> str:
 
 def format_table(runs: list[dict]) -> str:
     """The latency table, and what each reference column ran (or why it is empty)."""
+    narrow = list(runs[0]["links"][0].get("payloads", {})) if runs else []
     rows = [f"{'model':9} {'batch':>5} {'link':>10} {'single ms':>10} {'ONNX RT':>8} "
             f"{'TF':>8} {'dense split':>12} {'DISCO ms':>10} {'vs dense split':>15} "
-            f"{'vs single':>10}"]
+            f"{'vs single':>10}"
+            + "".join(f" {'DISCO ' + p:>12} {'vs split':>9}" for p in narrow)]
     for run in runs:
         for link in run["links"]:
             rows.append(f"{run['model']:9} {run['batch']:>5} {link['rate']:>10} "
                         f"{link['single_ms']:>10.1f} {_reference_ms(run, 'onnxruntime'):>8} "
                         f"{_reference_ms(run, 'tensorflow'):>8} {link['dense_split_ms']:>12.1f} "
                         f"{link['disco_ms']:>10.1f} {link['speedup_vs_dense_split']:>14.2f}x "
-                        f"{link['speedup_vs_single']:>9.2f}x")
+                        f"{link['speedup_vs_single']:>9.2f}x"
+                        + "".join(f" {link['payloads'][p]['disco_ms']:>12.1f} "
+                                  f"{link['payloads'][p]['speedup_vs_dense_split']:>8.2f}x"
+                                  for p in narrow))
     notes = {}
     for run in runs:
         notes.setdefault(f"{run['model']} single node", f"disco_jax {run['single']['program']}")
@@ -276,6 +301,9 @@ def plot(runs: list[dict], path: Path) -> Path:
                            ("dense_split_ms", "dense split"),
                            ("disco_ms", f"DISCO (comm ratio {run['comm_ratio']:g})")):
             ax.plot(names, [link[key] for link in links], marker="o", label=label)
+        for payload in links[0].get("payloads", {}):
+            ax.plot(names, [link["payloads"][payload]["disco_ms"] for link in links],
+                    marker="o", label=f"DISCO, {payload} payload")
         for name, label in (("onnxruntime", "ONNX Runtime, 1 node"),
                             ("tensorflow", "TensorFlow, 1 node")):
             if "ms" in run["references"][name]:

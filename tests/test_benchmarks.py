@@ -42,10 +42,17 @@ def test_tiny_benchmark_writes_the_report_and_cleans_up(tmp_path):
         assert link["single_ms"] > 0 and link["dense_split_ms"] > 0 and link["disco_ms"] > 0
         assert link["speedup_vs_dense_split"] == pytest.approx(
             link["dense_split_ms"] / link["disco_ms"])
-        assert set(link["spread_ms"]) == {"single", "dense_split", "disco"}
+        assert set(link["spread_ms"]) == {"single", "dense_split", "disco", "disco_int8"}
         disco = link["where_the_time_goes"]["disco"]
         assert disco["messages"] > 0
-    assert run["comm_bytes_per_image"]["disco"] < run["comm_bytes_per_image"]["dense_split"]
+        int8 = link["payloads"]["int8"]  # the same channels, as int8 with their scales
+        assert int8["speedup_vs_dense_split"] == pytest.approx(
+            link["dense_split_ms"] / int8["disco_ms"])
+        assert link["where_the_time_goes"]["disco_int8"]["messages"] == disco["messages"]
+    sent = run["comm_bytes_per_image"]
+    assert sent["disco_int8"] < sent["disco"] / 3 < sent["dense_split"] / 3
+    assert run["links"][0]["payloads"]["int8"]["bytes_ratio_vs_dense_split"] == (
+        sent["dense_split"] / sent["disco_int8"])
     # the single-node row is the faster of disco_jax's two single-device programs
     programs = run["single"]["programs_ms"]
     assert set(programs) == {"inference_form", "training_form"}
@@ -73,6 +80,14 @@ def test_a_bad_rate_is_refused(capsys):
     with pytest.raises(SystemExit):
         network.parse_args(["--rates", "100mb"])
     assert "like 100mbit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("payloads,says", [("float32,int4", "distinct names among"),
+                                           ("int8", "starts with float32")])
+def test_bad_payloads_are_refused(capsys, payloads, says):
+    with pytest.raises(SystemExit):
+        network.parse_args(["--payloads", payloads])
+    assert says in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -20,6 +20,17 @@ def test_plan_check_reports_matching_bytes_and_outputs(tmp_path, capsys):
     assert report["comm_reduction"] == pytest.approx(comm["dense_split"] / comm["disco"])
     assert report["quality"]["disco"] is None  # random masks: accuracy not measured
     assert "reduction" in capsys.readouterr().out
+    # the same masks sent as int8 with their scales: the reference quantises alike
+    assert plan_check.main(["--model", "resnet18", "--mesh", "2", "--batch", "2",
+                            "--image-size", "16", "--payload-dtype", "int8",
+                            "--report", str(report_path)]) == 0
+    int8 = json.loads(report_path.read_text())
+    assert int8["payload_dtype"] == "int8" and "int8 payload" in capsys.readouterr().out
+    sent = int8["comm_bytes_per_sample"]
+    assert sent["disco_hlo"] == sent["disco"] < comm["disco"] / 2
+    assert sent["dense_split"] == comm["dense_split"]  # the baseline stays float32
+    assert int8["same_predictions"]
+    assert int8["max_abs_diff_vs_reference"] <= 1e-4 * max(int8["max_abs_reference"], 1.0)
 
 
 def test_plan_check_names_a_bad_mesh_size(capsys):
@@ -65,9 +76,11 @@ def test_mask_training_with_directions_compares_random_channels_and_directions(t
     report_path = tmp_path / "masks.json"
     with jax.numpy_dtype_promotion("standard"):
         assert mask_training.main(["--quick", "--directions", "--calibration-images", "64",
-                                   "--distill", "0.5", "--report", str(report_path)]) == 0
+                                   "--distill", "0.5", "--payload-dtype", "int8",
+                                   "--report", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
     assert report["recipe"]["basis"] == "directions" and report["recipe"]["distill"] == 0.5
+    assert report["payload_dtype"] == "int8"  # plans and budgets in int8 + scales
     assert set(report["bytes_plan_vs_budget"]) == {"learned", "random", "no_comm",
                                                    "dense_split", "random_directions"}
     for variant, entry in report["bytes_plan_vs_budget"].items():
