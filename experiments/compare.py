@@ -58,6 +58,9 @@ REFIT_INPUTS = ("masked", "dense")
 BASES = ("channels", "principal", "directions")
 """What the learned variant chooses among (:attr:`Schedule.basis`)."""
 
+ALLOCATIONS = ("uniform", "learned")
+"""How the learned variant shares its bytes among layers (:attr:`Schedule.allocation`)."""
+
 STRAIGHT_THROUGH = "straight_through"
 """The :attr:`Schedule.importance` that trains the learned masks with
 :class:`~disco_jax.sparsify.StraightThroughTopK` over the pruning phase
@@ -81,7 +84,8 @@ presets carry these, so ``--distill W`` and ``--distill-temperature T`` exist
 on every pipeline experiment."""
 
 QUALITY_KEYS = {"learned": "disco", "random": "random_mask", "no_comm": "no_comm",
-                "dense_split": "dense_split", "random_directions": "random_directions"}
+                "dense_split": "dense_split", "random_directions": "random_directions",
+                "uniform_allocation": "disco_uniform_allocation"}
 """The variants' keys in the report schema (DESIGN.md section 7)."""
 
 
@@ -128,6 +132,12 @@ class Schedule:
         variant's pruning and fine-tuning (:class:`disco_jax.train.Distillation`;
         0: labels only). Every variant alike, the dense split included.
       distill_temperature: the distillation's temperature.
+      allocation: ``"uniform"``: every layer sends k = rho * C_in/N per pair;
+        ``"learned"`` (with ``basis="directions"``): the learned variant
+        sends as many bytes per image in all, shared out across layers by
+        what each byte buys (:func:`disco_jax.budget.allocate`), and one
+        more variant, ``uniform_allocation``, sends the learned directions at
+        the uniform ratio: the comparison at equal bytes.
     """
 
     prune_steps: int
@@ -145,6 +155,7 @@ class Schedule:
     refit_inputs: str = "masked"
     distill: float = DISTILL["distill"]
     distill_temperature: float = DISTILL["distill_temperature"]
+    allocation: str = "uniform"
 
     def __post_init__(self):
         from disco_jax.errors import ConfigError
@@ -157,6 +168,13 @@ class Schedule:
                 "basis 'directions' chooses what travels layer by layer inside the "
                 f"least-squares refit: it needs --prune-steps 0 and --refit lstsq (got "
                 f"prune_steps={self.prune_steps}, refit={self.refit!r})")
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
+        if self.allocation == "learned" and self.basis != "directions":
+            raise ConfigError(
+                "allocation 'learned' shares the bytes among layers by what their "
+                "reduced-rank directions carry: it needs the directions method (basis "
+                f"'directions', the main job's default), got basis {self.basis!r}")
         if self.calibration_images < 1:
             raise ConfigError(f"calibration_images must be positive, got "
                               f"{self.calibration_images}")
@@ -187,7 +205,8 @@ class Schedule:
 
 def variants_of(schedule: Schedule) -> tuple[str, ...]:
     """The variants a run with ``schedule`` compares, in report order."""
-    return VARIANTS + (("random_directions",) if schedule.basis == "directions" else ())
+    return (VARIANTS + (("random_directions",) if schedule.basis == "directions" else ())
+            + (("uniform_allocation",) if schedule.allocation == "learned" else ()))
 
 
 def comm_ratio_of(variant: str, comm_ratio: float) -> float:
@@ -209,13 +228,13 @@ def mask_method(variant: str, comm_ratio: float, schedule: Schedule, seed: int,
 
     if schedule.importance == STRAIGHT_THROUGH:
         # the learned masks are exact from the start: so are the baselines'
-        if variant == "learned":
+        if variant in ("learned", "uniform_allocation"):
             return sparsify.StraightThroughTopK(comm_ratio, start=start,
                                                 end=start + schedule.prune_steps, task=task)
         if variant in ("random", "random_directions", "no_comm"):
             return sparsify.FixedMask("no_comm" if variant == "no_comm" else "random",
                                       comm_ratio, start=start, seed=seed)
-    if variant == "learned":
+    if variant in ("learned", "uniform_allocation"):
         return pruning(comm_ratio, lasso=schedule.lasso, importance=schedule.importance)
     if variant in ("random", "random_directions"):  # random_directions: set by the refit
         return pruning(comm_ratio, lasso=0.0, importance="random")
@@ -303,6 +322,7 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
     from flax import nnx
 
     from disco_jax.basis import principal_basis
+    from disco_jax.budget import allocate, ratio_bytes
     from disco_jax.layers import set_payload_dtype
     from disco_jax.projections import choose_directions
     from disco_jax.refit import refit
@@ -320,9 +340,16 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
         principal_basis(model, images)
         dense = nnx.clone(model)  # the same function: what the refit reproduces
     choose = None  # directions are chosen layer by layer inside the refit
-    if schedule.basis == "directions" and variant in ("learned", "random_directions"):
+    if schedule.basis == "directions" and variant in ("learned", "uniform_allocation",
+                                                      "random_directions"):
+        share = comm_ratio  # the uniform ratio, or each layer's k under one budget:
+        if variant == "learned" and schedule.allocation == "learned":
+            sent = payload_of_variant(variant, payload)
+            share = allocate(dense, images, ratio_bytes(dense, images, comm_ratio, sent),
+                             payload=sent)
         choose = choose_directions(
-            "reduced_rank" if variant == "learned" else "random_directions", comm_ratio, seed)
+            "random_directions" if variant == "random_directions" else "reduced_rank",
+            share, seed)
     fresh = optimizer is None
     start = 0 if fresh else int(optimizer.step[...])
     method = mask_method(variant, comm_ratio, schedule, seed, start=start, task=task)
@@ -403,28 +430,42 @@ def merge_seed_reports(reports: list[dict]) -> dict:
                      "wall_seconds": round(sum(r["wall_seconds"] for r in reports), 1)}
 
 
-def plan_and_budget_bytes(model, image_shape, comm_ratio: float):
+def plan_and_budget_bytes(model, image_shape, comm_ratio: float, *, allocated: bool = False):
     """The plan compiled from ``model`` (which raises unless every pair of
     every layer sends the same k), its costs, and its bytes per image against
     the budget's (k = rho * C_in/N in every DISCO layer, in its payload, plus
     what the masks do not decide: LayerNorm statistics).
 
+    With ``allocated`` (a learned allocation of the same budget,
+    :func:`disco_jax.budget.allocate`) the plan is on its budget when it
+    sends at most the budget and falls short of it by less than one more
+    direction per pair in each layer (``"slack"``).
+
     Returns:
       ``(Plan, ModelCosts, {"plan": bytes, "budget": bytes, "exact": bool})``.
     """
     import disco_jax as dj
+    from disco_jax.budget import layer_step_bytes
 
     plan = dj.compile_plan(model)
     costs = dj.model_costs(model, image_shape, plan)
+    shapes = {name: costs.layers[name]["input_shape"][:-1] for name in plan}
     budget = sum(
         dj.layer_costs(layer.spec, dj.k_for_ratio(comm_ratio, layer.spec.group_in),
-                       costs.layers[name]["input_shape"][:-1],
-                       payload=layer.payload)["disco"].comm_bytes
+                       shapes[name], payload=layer.payload)["disco"].comm_bytes
         for name, layer in plan.items() if layer.spec.split_input)
     # what the masks do not decide (LayerNorm statistics) costs the same in every variant
     budget += sum(entry["disco"].comm_bytes for entry in costs.others.values())
-    return plan, costs, {"plan": costs.totals["disco"].comm_bytes, "budget": budget,
-                   "exact": costs.totals["disco"].comm_bytes == budget}
+    sent = costs.totals["disco"].comm_bytes
+    if not allocated:
+        return plan, costs, {"plan": sent, "budget": budget, "exact": sent == budget}
+    slack = sum(layer_step_bytes(layer.spec, dj.accounting.read_spatial(layer.spec,
+                                                                        shapes[name]),
+                                 layer.k, layer.payload)
+                for name, layer in plan.items()
+                if layer.spec.split_input and layer.k < layer.spec.group_in)
+    return plan, costs, {"plan": sent, "budget": budget, "slack": slack,
+                         "exact": budget - slack < sent <= budget}
 
 
 def write_report(path: Path, report: dict) -> None:

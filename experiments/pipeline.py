@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from experiments.compare import RECIPE, STRAIGHT_THROUGH
+from experiments.compare import ALLOCATIONS, RECIPE, STRAIGHT_THROUGH
 
 IMPORTANCES = ("weight_norm", "saliency", "fisher")
 """How the learned masks rank channels (:class:`disco_jax.sparsify.GradualPruning`)."""
@@ -215,6 +215,12 @@ def parse_args(network: Network, argv=None) -> argparse.Namespace:
                              "the dense split, which stays float32): bfloat16, or int8 with a "
                              "scale per channel and image (the scales travel too); the "
                              "variants train reading them (default float32)")
+    parser.add_argument("--allocation", choices=ALLOCATIONS, default="uniform",
+                        help="uniform: every layer sends the comm ratio's share of its "
+                             "channels (default); learned: DISCO sends the same bytes per "
+                             "image in all, shared out across layers by what each byte "
+                             "buys, and a 'DISCO, uniform ratio' row sends the same "
+                             "directions at the uniform ratio (needs the directions method)")
     parser.add_argument("--model", choices=network.models, default=network.models[0])
     parser.add_argument("--dataset", default=network.dataset_name,
                         help=network.helps.get("dataset", "fashion_mnist (offline) or a "
@@ -273,7 +279,8 @@ def _settings(network: Network, args) -> dict:
     """What decides the trained weights: a checkpoint folder is reused only
     by a run with the same settings."""
     payload = {} if args.payload_dtype == "float32" else {"payload_dtype": args.payload_dtype}
-    return {"model": args.model, "dataset": args.dataset, **payload,
+    allocation = {} if args.allocation == "uniform" else {"allocation": args.allocation}
+    return {"model": args.model, "dataset": args.dataset, **payload, **allocation,
             "nodes": args.mesh, "comm_ratio": args.comm_ratio, "lasso": args.lasso,
             "seed": args.seed, "init": None if args.init is None else str(args.init.resolve()),
             **{name: getattr(args, name) for name in network.settings}}
@@ -353,7 +360,8 @@ def run(network: Network, args) -> dict:
             held_out_score, task, checkpoint_dir=args.out / variant, optimizer=optimizer,
             evaluate_final=False, payload=args.payload_dtype)
         plans[variant], _, bytes_sent[variant] = plan_and_budget_bytes(
-            models[variant], image, comm_ratio_of(variant, args.comm_ratio))
+            models[variant], image, comm_ratio_of(variant, args.comm_ratio),
+            allocated=variant == "learned" and schedule.allocation == "learned")
         timings[variant] = time.time() - begin
     if args.mesh == 1:
         models["learned"], plans["learned"] = models["dense_split"], plans["dense_split"]
@@ -424,6 +432,7 @@ def run(network: Network, args) -> dict:
                      "refit": schedule.refit, "basis": schedule.basis,
                      "calibration_images": schedule.calibration_images,
                      "refit_inputs": schedule.refit_inputs, "distill": schedule.distill,
+                     "allocation": schedule.allocation,
                      "distill_temperature": schedule.distill_temperature}
                   | network.recipe,
         "comm_bytes_per_sample": {"dense_split": totals["dense_split"].comm_bytes,
@@ -504,6 +513,10 @@ def targets(report: dict, goals: Targets) -> list[tuple[str, str, bool | None]]:
         lead = scale * (quality["disco"] - quality["random_mask"])
         rows.append(("learned masks above random masks at the same k",
                      f"{lead:+.2f} {unit}", lead > 0))
+    if quality.get("disco_uniform_allocation") is not None:
+        lead = scale * (quality["disco"] - quality["disco_uniform_allocation"])
+        rows.append(("learned allocation above the uniform ratio at the same bytes",
+                     f"{lead:+.2f} {unit}", lead > 0))
     if goals.over_baseline is not None and quality["dense_split"] is not None:
         name, margin = goals.over_baseline
         lead = quality["dense_split"] - report["baselines"][name][quality["metric"]]
@@ -536,7 +549,9 @@ def _masks_line(recipe: dict, steps: dict) -> list[str]:
         return []
     if basis == "directions":
         line = ("masks: DISCO sends, per node pair and layer, the k reduced-rank directions "
-                "of the sender's channels, set at once")
+                "of the sender's channels, set at once"
+                + ("; its k per layer shares the uniform ratio's bytes out by what each "
+                   "byte buys" if recipe.get("allocation") == "learned" else ""))
     else:
         line = (f"masks: learned ones by {recipe['importance']}"
                 + (" in the network's principal basis" if basis == "principal" else "")
@@ -601,6 +616,7 @@ def format_report(report: dict, network: Network) -> str:
     for key, name in (("single", "single device"), ("dense_split", "dense split"),
                       ("disco", "DISCO (learned)"), ("random_mask", "random masks"),
                       ("random_directions", "random directions"),
+                      ("disco_uniform_allocation", "DISCO, uniform ratio"),
                       ("no_comm", "no communication")):
         if key not in quality:
             continue

@@ -33,7 +33,8 @@ from experiments.compare import stats, write_report
 from experiments.pipeline import amount
 
 PAIRED = (("random_mask", "random masks"), ("random_directions", "random directions"),
-          ("no_comm", "no communication"), ("dense_split", "dense split"))
+          ("no_comm", "no communication"), ("dense_split", "dense split"),
+          ("disco_uniform_allocation", "DISCO at the uniform ratio"))
 """What DISCO is compared with, seed by seed (report key, name)."""
 
 
@@ -96,7 +97,7 @@ def seed_targets(report: dict, goals) -> list[dict]:
                              "every seed and mean - 2 SE",
                      "measured": f"{gap['mean']:+.2f} ± {error or 0:.2f} SE, worst {worst:+.2f}",
                      "met": met})
-    for key, name in PAIRED[:2]:
+    for key, name in (*PAIRED[:2], PAIRED[4]):  # the comparisons at the same bytes
         lead = report["paired"].get(f"disco - {key}")
         if lead is None:
             continue

@@ -28,20 +28,32 @@ is read: ``W_rot = B^{-1} W``), and keeps the first k directions.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from disco_jax.errors import ConfigError
 from disco_jax.layers import _DiscoLinear, basis_kernel
-from disco_jax.masks import k_for_ratio
+from disco_jax.masks import check_k, k_for_ratio
 from disco_jax.refit import RIDGE, Choose
 
 CHOICES = ("reduced_rank", "random_directions")
 """The ways :func:`choose_directions` picks what travels."""
 
 
-def _set(layer: _DiscoLinear, comm_ratio: float, name: str, direction_of,
+def _k(comm_ratio: float | Mapping[str, int], group: int, name: str) -> int:
+    """A layer's k: from the comm ratio, or its entry in ``{layer name: k}``."""
+    if not isinstance(comm_ratio, Mapping):
+        return k_for_ratio(comm_ratio, group, name)
+    if name not in comm_ratio:
+        raise ConfigError(f"{name}: the allocation gives no k for this layer; it has "
+                          f"{sorted(comm_ratio)[:5]}...: allocate for this model")
+    return check_k(int(comm_ratio[name]), group, name)
+
+
+def _set(layer: _DiscoLinear, comm_ratio: float | Mapping[str, int], name: str, direction_of,
          x: jax.Array) -> None:
     """Gives ``layer`` per pair the basis ``direction_of(i, j, channel_kernel)``
     (``f64[G, G]``, columns by importance), each direction scaled so that what
@@ -51,7 +63,7 @@ def _set(layer: _DiscoLinear, comm_ratio: float, name: str, direction_of,
     spec = layer.spec
     rows = np.asarray(x, np.float64).reshape(-1, spec.c_in)
     n, g, g_out = spec.nodes, spec.group_in, spec.group_out
-    k = k_for_ratio(comm_ratio, g, name)
+    k = _k(comm_ratio, g, name)
     full = jnp.ones(spec.mask_shape, jnp.float32)
     basis = None if layer.basis is None else layer.basis[...]
     kernel = np.array(basis_kernel(spec, layer.kernel[...], full, basis), np.float64)
@@ -80,31 +92,51 @@ def _set(layer: _DiscoLinear, comm_ratio: float, name: str, direction_of,
     layer.kernel[...] = jnp.asarray(blocks.reshape(layer.kernel[...].shape), jnp.float32)
 
 
-def reduced_rank(comm_ratio: float, *, ridge: float = RIDGE) -> Choose:
-    """The learned choice (module docstring), as a :func:`~disco_jax.refit.refit` hook."""
+def unpredictable_directions(rows: np.ndarray, i: int, j: int, group: int,
+                             weights: np.ndarray, ridge: float = RIDGE):
+    """Reduced-rank regression for the ordered pair sender j -> receiver i.
+
+    Arguments:
+      rows: ``f64[rows, C_in]``, the layer's input; weights: ``[G, taps * C_out/N]``,
+      the kernel rows of j's channels into i's outputs.
+
+    Returns:
+      ``(directions f64[G, G], singular f64[min(G, taps * C_out/N)])``: the
+      columns of ``directions`` are unit-variance directions of j's channels
+      with what i's own channels predict taken out, by what they carry of i's
+      output; ``singular[r] ** 2`` is the output energy per row direction r
+      carries.
+    """
+    g = group
+    own, sender = rows[:, i * g:(i + 1) * g], rows[:, j * g:(j + 1) * g]
+    gram = own.T @ own
+    gram += ridge * np.trace(gram) / g * np.eye(g) + 1e-12 * np.eye(g)
+    left = sender - own @ np.linalg.solve(gram, own.T @ sender)
+    cov = left.T @ left / len(rows)
+    cov += (ridge * np.trace(cov) / g + 1e-12) * np.eye(g)
+    chol = np.linalg.cholesky(cov)  # cov = L L^T
+    u, singular, _ = np.linalg.svd(chol.T @ weights, full_matrices=True)
+    return np.linalg.solve(chol.T, u), singular  # L^{-T} U: unit-variance directions
+
+
+def reduced_rank(comm_ratio: float | Mapping[str, int], *, ridge: float = RIDGE) -> Choose:
+    """The learned choice (module docstring), as a :func:`~disco_jax.refit.refit`
+    hook: k directions per pair from the comm ratio, or each layer's own k
+    (``{layer name: k}``, e.g. from :func:`disco_jax.budget.allocate`)."""
 
     def choose(name, layer, x, dense_layer):
         spec = layer.spec
-        g = spec.group_in
         rows = np.asarray(x, np.float64).reshape(-1, spec.c_in)
 
         def direction_of(i, j, weights):
-            own, sender = rows[:, i * g:(i + 1) * g], rows[:, j * g:(j + 1) * g]
-            gram = own.T @ own
-            gram += ridge * np.trace(gram) / g * np.eye(g) + 1e-12 * np.eye(g)
-            left = sender - own @ np.linalg.solve(gram, own.T @ sender)
-            cov = left.T @ left / len(rows)
-            cov += (ridge * np.trace(cov) / g + 1e-12) * np.eye(g)
-            chol = np.linalg.cholesky(cov)  # cov = L L^T
-            u, _, _ = np.linalg.svd(chol.T @ weights, full_matrices=True)
-            return np.linalg.solve(chol.T, u)  # L^{-T} U: unit-variance directions
+            return unpredictable_directions(rows, i, j, spec.group_in, weights, ridge)[0]
 
         _set(layer, comm_ratio, name, direction_of, x)
 
     return choose
 
 
-def random_directions(comm_ratio: float, seed: int) -> Choose:
+def random_directions(comm_ratio: float | Mapping[str, int], seed: int) -> Choose:
     """k directions of a random orthogonal basis per pair (the baseline of
     :func:`reduced_rank`), as a :func:`~disco_jax.refit.refit` hook."""
     def choose(name, layer, x, dense_layer):
@@ -121,10 +153,9 @@ def random_directions(comm_ratio: float, seed: int) -> Choose:
     return choose
 
 
-def choose_directions(kind: str, comm_ratio: float, seed: int = 0) -> Choose:
-    """The hook of ``kind`` (:data:`CHOICES`)."""
-    from disco_jax.errors import ConfigError
-
+def choose_directions(kind: str, comm_ratio: float | Mapping[str, int],
+                      seed: int = 0) -> Choose:
+    """The hook of ``kind`` (:data:`CHOICES`), at a comm ratio or ``{layer name: k}``."""
     if kind == "reduced_rank":
         return reduced_rank(comm_ratio)
     if kind == "random_directions":
