@@ -657,11 +657,17 @@ def format_report(report: dict, network: Network) -> str:
 
 
 def verified(report: dict) -> bool:
-    """Distributed == reference (same predictions up to float ties), HLO bytes
-    == plan bytes, no other collective, every variant's plan on its budget."""
+    """Distributed == reference (same predictions up to float ties, outputs
+    within :func:`disco_jax.payload.reference_tolerance` of the payload),
+    HLO bytes == plan bytes, no other collective, every variant's plan on its
+    budget."""
+    from disco_jax.payload import reference_tolerance
+
     dist, comm = report["distributed"], report["comm_bytes_per_sample"]
+    tolerance = reference_tolerance(report.get("payload_dtype", "float32"))
     return (dist["prediction_mismatches"] == dist["mismatches_that_are_ties"]
-            and report["max_abs_diff_vs_reference"] <= 1e-4 * max(dist["max_abs_reference"], 1.0)
+            and report["max_abs_diff_vs_reference"] <= tolerance * max(
+                dist["max_abs_reference"], 1.0)
             and comm["disco_hlo"] == comm["disco"] and not dist["other_collectives"]
             and all(entry["exact"] for entry in report["bytes_plan_vs_budget"].values()))
 

@@ -5,6 +5,7 @@ import json
 import chex
 import pytest
 
+from disco_jax.payload import reference_tolerance
 from experiments import plan_check
 
 
@@ -30,7 +31,8 @@ def test_plan_check_reports_matching_bytes_and_outputs(tmp_path, capsys):
     assert sent["disco_hlo"] == sent["disco"] < comm["disco"] / 2
     assert sent["dense_split"] == comm["dense_split"]  # the baseline stays float32
     assert int8["same_predictions"]
-    assert int8["max_abs_diff_vs_reference"] <= 1e-4 * max(int8["max_abs_reference"], 1.0)
+    assert int8["max_abs_diff_vs_reference"] <= reference_tolerance("int8") * max(
+        int8["max_abs_reference"], 1.0)
 
 
 def test_plan_check_names_a_bad_mesh_size(capsys):

@@ -152,6 +152,20 @@ def decode(payload: str, message: jax.Array, shape: tuple[int, ...], dtype) -> j
     return _dequantise(q, scale, dtype)
 
 
+def reference_tolerance(payload: str) -> float:
+    """How far a whole network's outputs on the mesh may lie from its
+    single-device reference, relative to their largest magnitude.
+
+    float32: 1e-4 (the two sum in different orders). A lossy payload rounds
+    the same values alike in both forms, but a layer's input on the mesh
+    differs from the reference's in the last bits, so a value that sits on a
+    rounding boundary can round up in one and down in the other: one step of
+    the payload (1/127 of a channel's largest magnitude for int8, 2^-7 of a
+    value for bfloat16), which the layers after it carry on. A single layer
+    given one input rounds identically in both forms (1e-4 holds there)."""
+    return {"float32": 1e-4, "bfloat16": 2.0**-7, "int8": 1 / _INT8_MAX}[payload_of(payload)]
+
+
 def message_bytes(payload: str, channels: int, spatial: tuple[int, ...]) -> int:
     """Bytes of one message for one sample: ``channels`` channels of an input
     whose sample has spatial (or token) shape ``spatial`` (``()`` for ``[B, C]``)."""
