@@ -464,8 +464,8 @@ def plan_and_budget_bytes(model, image_shape, comm_ratio: float, *, allocated: b
                                  layer.k, layer.payload)
                 for name, layer in plan.items()
                 if layer.spec.split_input and layer.k < layer.spec.group_in)
-    return plan, costs, {"plan": sent, "budget": budget, "slack": slack,
-                         "exact": budget - slack < sent <= budget}
+    return plan, costs, {"plan": sent, "budget": budget, "slack": slack,  # every layer full:
+                         "exact": sent == budget or budget - slack < sent <= budget}
 
 
 def write_report(path: Path, report: dict) -> None:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from experiments.compare import VARIANTS
-from experiments.infer import RUN_HELP
+from experiments.infer import POINT_HELP, RUN_HELP
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -30,6 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="the folder that receives node-0 .. node-{N-1}")
     parser.add_argument("--variant", choices=VARIANTS, default="learned",
                         help="which trained variant (default learned = DISCO)")
+    parser.add_argument("--point", help=POINT_HELP.removeprefix("with --run: "))
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return parser.parse_args(argv)
 
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
     from experiments.infer import load_run
 
     try:
-        model, plan, _, settings, _ = load_run(args.run, args.variant)
+        model, plan, _, settings, _ = load_run(args.run, args.variant, args.point)
         folders = export_bundles(model, plan, args.out, settings=settings,
                                  overwrite=args.overwrite)
     except dj.DiscoError as err:
@@ -50,7 +51,8 @@ def main(argv=None) -> int:
     for folder in folders:
         size = sum(path.stat().st_size for path in folder.iterdir())
         print(f"{folder}: {size / 1e6:.2f} MB", flush=True)
-    print(f"{len(folders)} node bundles of the {args.variant} variant of {args.run}; run them "
+    what = f"sweep point {args.point}" if args.point else f"{args.variant} variant"
+    print(f"{len(folders)} node bundles of the {what} of {args.run}; run them "
           f"with python -m disco_jax.launch --nodes {len(folders)} -- experiments.infer "
           f"--bundles {args.out}", flush=True)
     return 0

@@ -39,6 +39,9 @@ from experiments.compare import VARIANTS
 
 RUN_HELP = ("the --out folder of a python -m experiments.resnet50 (or experiments.vit, "
             ".segmentation, .detection, .super_resolution) run")
+POINT_HELP = ("with --run: a point of the run's --sweep instead of --variant, by its name "
+              "(the folder under RUN/sweep, e.g. allocated-int8-r0.1; the report's table "
+              "and sweep list them)")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "reads its own node-i folder only")
     parser.add_argument("--variant", choices=VARIANTS, default="learned",
                         help="with --run: which trained variant (default learned = DISCO)")
+    parser.add_argument("--point", help=POINT_HELP)
     parser.add_argument("--images", type=int, default=10000, help="test images (default all)")
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
@@ -65,29 +69,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.images < 1 or args.batch < 1:
         parser.error("--images and --batch must be positive")
+    if args.point is not None and args.run is None:
+        parser.error("--point names a sweep point of a run folder: it goes with --run, not "
+                     "--bundles (export the point's bundles with experiments.export --point)")
     return args
 
 
-def load_run(run: Path, variant: str = "learned"):
-    """The trained ``variant`` of the run in folder ``run``: ``(model, plan,
-    dataset, settings, task)``.
+def load_run(run: Path, variant: str = "learned", point: str | None = None):
+    """The trained ``variant`` of the run in folder ``run``, or its sweep
+    point named ``point`` (:func:`experiments.sweep.load_point`): ``(model,
+    plan, dataset, settings, task)``.
 
     Raises:
-      ConfigError: ``run`` is not a finished run folder.
+      ConfigError: ``run`` is not a finished run folder, or has no such point.
     """
     import disco_jax as dj
     from disco_jax.train import restore_model
     from experiments.compare import payload_of_variant
     from experiments.pipeline import network_of, open_run
+    from experiments.sweep import load_point
 
-    checkpoint = f"{variant}/finetune"
+    if point is None:
+        checkpoint, payload, plan_dir = f"{variant}/finetune", None, run / "plan"
+    else:
+        record = load_point(run, point)
+        checkpoint, payload = record["checkpoint"], record["payload_dtype"]
+        plan_dir = run / "sweep" / point / "plan"
     settings, dataset, model = open_run(run, checkpoint, "finished run", "experiments.resnet50")
     restore_model(model, run / checkpoint)
-    dj.set_payload_dtype(model, payload_of_variant(variant,
-                                                   settings.get("payload_dtype", "float32")))
-    plan_dir = run / "plan"
-    plan = (dj.load_plan(plan_dir, model) if variant == "learned" and plan_dir.is_dir()
-            else dj.compile_plan(model))
+    dj.set_payload_dtype(model, payload or payload_of_variant(
+        variant, settings.get("payload_dtype", "float32")))
+    plan = (dj.load_plan(plan_dir, model) if (point or variant == "learned")
+            and plan_dir.is_dir() else dj.compile_plan(model))
     return model, plan, dataset, settings, network_of(settings["model"]).task_of(dataset)
 
 
@@ -99,7 +112,7 @@ def _from_run(args):
     nodes = json.loads(record.read_text())["nodes"] if record.is_file() else 1
 
     def build(mesh):
-        model, plan, dataset, _, task = load_run(args.run, args.variant)
+        model, plan, dataset, _, task = load_run(args.run, args.variant, args.point)
         dj.set_compute_dtype(model, args.compute_dtype)
         return dj.DistributedModel(model, mesh, plan, output_rank=task.output_rank,
                                    output_channels=task.output_channels,
@@ -174,7 +187,8 @@ def main(argv=None) -> int:
         scale = task.display_scale  # 100: shares in %; 1: PSNR in dB, SSIM
         others = "".join(f", {name.replace('_', ' ')} {scale * value:.2f}"
                          for name, value in metrics.items() if name != task.metric)
-        what = f"{args.variant} of {args.run}" if args.run is not None else str(args.bundles)
+        what = (f"{args.point or args.variant} of {args.run}" if args.run is not None
+                else str(args.bundles))
         products = "" if args.compute_dtype == "float32" else f", {args.compute_dtype} products"
         print(f"{what} on {where}{products}: {task.label} "
               f"{scale * metrics[task.metric]:.2f}{others} over {len(labels)} test images "

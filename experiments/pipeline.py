@@ -20,8 +20,8 @@ Per run, on the offline default data (Fashion-MNIST from the Debian package):
    against the single-device masked reference; the other variants' metric
    (the task's: top-1, mIoU, ...) is measured on the mesh as well;
 5. print the DESIGN.md section 7 table, write it as JSON (``--report``) and
-   draw the PNG plots (bytes per layer; accuracy against comm ratio with
-   ``--sweep``).
+   draw the PNG plots (bytes per layer; with ``--sweep``, the metric against
+   bytes per image: the Pareto curve of :mod:`experiments.sweep`).
 
 Every phase saves an orbax checkpoint under ``--out``: a run started again
 with the same settings resumes where it stopped.
@@ -39,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from experiments.compare import ALLOCATIONS, RECIPE, STRAIGHT_THROUGH
+from experiments.sweep import DEFAULT_SERIES, SERIES, checked, format_sweep, parse_list
 
 IMPORTANCES = ("weight_norm", "saliency", "fisher")
 """How the learned masks rank channels (:class:`disco_jax.sparsify.GradualPruning`)."""
@@ -239,8 +240,18 @@ def parse_args(network: Network, argv=None) -> argparse.Namespace:
                                 name, f"overrides the preset's {name} ({value!r} by default)"))
     parser.add_argument("--lasso", type=float, default=1e-2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sweep", help="comma-separated comm ratios for the accuracy plot, "
-                                        "e.g. 0,0.05,0.1,0.2,0.5,1 (one more variant each)")
+    parser.add_argument("--sweep", help="comma-separated comm ratios, e.g. 0.05,0.1,0.2: the "
+                                        "byte budgets of the Pareto curve (metric against "
+                                        "bytes per image), one point per ratio, series and "
+                                        "payload (one more variant each)")
+    parser.add_argument("--sweep-series", default=",".join(DEFAULT_SERIES),
+                        help="the sweep's curves, comma-separated among "
+                             f"{', '.join(SERIES)}: learned masks (or directions) at the "
+                             "uniform ratio, the same bytes shared out across layers "
+                             "(learned allocation), random masks (default learned)")
+    parser.add_argument("--sweep-payloads",
+                        help="comma-separated payloads of the sweep's points, among "
+                             f"{', '.join(PAYLOADS)} (default: --payload-dtype)")
     parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2,3,4: run each (its "
                                         "own dense model, in OUT/seed-S) and report mean ± std "
                                         "and the paired differences between variants")
@@ -264,6 +275,14 @@ def parse_args(network: Network, argv=None) -> argparse.Namespace:
         parser.error(f"--sweep takes comma-separated numbers in [0, 1], got {args.sweep!r}")
     if any(not 0.0 <= r <= 1.0 for r in args.sweep):
         parser.error(f"--sweep ratios must be in [0, 1], got {args.sweep}")
+    if args.sweep and args.mesh < 2:
+        parser.error("--sweep trades bytes between nodes: it needs --mesh 2 or more")
+    try:
+        args.sweep_series = parse_list(args.sweep_series, tuple(SERIES), "--sweep-series")
+        args.sweep_payloads = parse_list(args.sweep_payloads or args.payload_dtype, PAYLOADS,
+                                         "--sweep-payloads")
+    except ValueError as err:
+        parser.error(str(err))
     try:
         args.seeds = [] if not args.seeds else [int(seed) for seed in args.seeds.split(",")]
     except ValueError:
@@ -319,6 +338,7 @@ def run(network: Network, args) -> dict:
         train_variant,
         variants_of,
     )
+    from experiments.sweep import RunPoints, run_sweep
 
     started, timings = time.time(), {}
     settings = _settings(network, args)
@@ -335,6 +355,9 @@ def run(network: Network, args) -> dict:
 
     # 1. the dense model: the first steps of one run that each variant goes on with
     schedule = Schedule.of(vars(args))
+    series_schedules = {  # a series the run's method cannot draw: say so before training
+        name: dataclasses.replace(schedule, allocation=SERIES[name].allocation)
+        for name in (args.sweep_series if args.sweep else ())}
     if args.init is not None:
         sparsify.FixedMask("dense_split").update(dense, 0)
         init_step, optimizer = restore_run(dense, args.init, optimizer=args.optimizer)
@@ -373,9 +396,13 @@ def run(network: Network, args) -> dict:
     disco, plan = models["learned"], plans["learned"]
     plan_dir = dj.save_plan(plan, args.out / "plan", overwrite=True)
     check = distributed_check(disco, plan, mesh, test, task)
-    every_metric = {v: check["reference_metrics"] if model is disco else
-                    distributed_check(model, plans[v], mesh, test, task,
-                                      reference=False)["metrics"]
+    points = RunPoints(args.comm_ratio, args.payload_dtype, schedule.allocation)
+    on_curve = {point[-1] for point in points.points(args.sweep, args.sweep_series,
+                                                     args.sweep_payloads)}
+    checks = {v: check if model is disco else
+              distributed_check(model, plans[v], mesh, test, task, reference=v in on_curve)
+              for v, model in models.items()}
+    every_metric = {v: check["reference_metrics"] if model is disco else checks[v]["metrics"]
                     for v, model in models.items()}
     scores = {v: values[metric] for v, values in every_metric.items()}
     timings["test_and_mesh"] = time.time() - begin
@@ -383,24 +410,30 @@ def run(network: Network, args) -> dict:
     if network.picture is not None:
         figures.append(network.picture(models, test, task, args.out / "examples.png"))
 
-    # accuracy against comm ratio: the learned method at each ratio, same steps
-    sweep = []
-    for ratio in args.sweep:
-        known = {args.comm_ratio: "learned", 0.0: "no_comm", 1.0: "dense_split"}.get(ratio)
-        if args.mesh > 1 and known in models:
-            sweep.append({"comm_ratio": ratio, metric: scores[known], "variant": known})
-            continue
-        model, _, _ = train_variant(dense, "learned", ratio, schedule, args.seed,
-                                    dataset.train, held_out_score, task,
-                                    checkpoint_dir=args.out / f"sweep-{ratio:g}",
-                                    optimizer=optimizer, evaluate_final=False,
-                                    payload=args.payload_dtype)
-        score = distributed_check(model, dj.compile_plan(model), mesh, test, task,
-                                  reference=False)[metric]
-        sweep.append({"comm_ratio": ratio, metric: score, "variant": "learned"})
-
     costs = dj.model_costs(disco, image, plan)
     totals = costs.totals
+
+    # the Pareto curve: each point trained with the same steps (the run's own
+    # variants where they are points), checked as DISCO is
+    def train_point(series, payload, ratio, folder):
+        model, _, _ = train_variant(dense, SERIES[series].variant, ratio,
+                                    series_schedules[series], args.seed, dataset.train,
+                                    held_out_score, task, checkpoint_dir=folder,
+                                    optimizer=optimizer, evaluate_final=False,
+                                    payload=payload, label=f"{folder.name}: ")
+        point_plan, _, budget = plan_and_budget_bytes(
+            model, image, ratio, allocated=SERIES[series].allocation == "learned")
+        result = distributed_check(model, point_plan, mesh, test, task)
+        return point_plan, budget, result, result[metric]
+
+    begin = time.time()
+    sweep = run_sweep(points, args.sweep, args.sweep_series, args.sweep_payloads,
+                      out=args.out, metric=metric,
+                      dense_split_bytes=totals["dense_split"].comm_bytes,
+                      known=lambda v: (plans[v], bytes_sent[v], checks[v], scores[v]),
+                      train=train_point)
+    if sweep:
+        timings["sweep"] = time.time() - begin
 
     def quality(values):
         result = {"metric": metric, "single": values.get("dense_split")}
@@ -646,8 +679,8 @@ def format_report(report: dict, network: Network) -> str:
                   for name, value in dist.get("versus_reference", {}).items()),
     ]
     if report["sweep"]:
-        rows.append("  sweep (learned masks, same steps): " + ", ".join(
-            f"rho {p['comm_ratio']:g}: {scale * p[metric]:.2f}" for p in report["sweep"]))
+        rows += format_sweep(report["sweep"], metric, scale, _label(report),
+                             quality["dense_split"])
     goals = network.targets_of(report["model"])
     rows.append(f"{goals.title}:")
     for what, measured, met in targets(report, goals):
@@ -658,18 +691,16 @@ def format_report(report: dict, network: Network) -> str:
 
 def verified(report: dict) -> bool:
     """Distributed == reference (same predictions up to float ties, outputs
-    within :func:`disco_jax.payload.reference_tolerance` of the payload),
-    HLO bytes == plan bytes, no other collective, every variant's plan on its
-    budget."""
-    from disco_jax.payload import reference_tolerance
-
+    within :func:`disco_jax.payload.reference_tolerance` of the payload, no
+    other collective: :func:`experiments.sweep.checked`), HLO bytes == plan
+    bytes, every variant's plan on its budget, every point of the sweep
+    verified alike."""
     dist, comm = report["distributed"], report["comm_bytes_per_sample"]
-    tolerance = reference_tolerance(report.get("payload_dtype", "float32"))
-    return (dist["prediction_mismatches"] == dist["mismatches_that_are_ties"]
-            and report["max_abs_diff_vs_reference"] <= tolerance * max(
-                dist["max_abs_reference"], 1.0)
-            and comm["disco_hlo"] == comm["disco"] and not dist["other_collectives"]
-            and all(entry["exact"] for entry in report["bytes_plan_vs_budget"].values()))
+    return (checked(dist | {"max_abs_diff": report["max_abs_diff_vs_reference"]},
+                    report.get("payload_dtype", "float32"))
+            and comm["disco_hlo"] == comm["disco"]
+            and all(entry["exact"] for entry in report["bytes_plan_vs_budget"].values())
+            and all(point["verified"] for point in report.get("sweep", [])))
 
 
 def run_and_print(network: Network, args) -> dict:
@@ -682,7 +713,7 @@ def run_and_print(network: Network, args) -> dict:
     report = run(network, args)
     figures = [plots.bytes_per_layer(report, args.out / "bytes_per_layer.png")]
     if report["sweep"]:
-        figures.append(plots.accuracy_vs_ratio(report, args.out / "accuracy_vs_ratio.png"))
+        figures.append(plots.accuracy_vs_bytes(report, args.out / "accuracy_vs_bytes.png"))
     report["plots"] = [str(path) for path in figures] + report["plots"]
     report["verified"] = verified(report)
     print(format_report(report, network))

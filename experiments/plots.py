@@ -36,28 +36,43 @@ def bytes_per_layer(report: dict, path: Path) -> Path:
     return path
 
 
-def accuracy_vs_ratio(report: dict, path: Path) -> Path:
-    """The task's metric (top-1, mIoU, ...) against the comm ratio (learned
-    masks), with the random-mask point and the dense split for reference."""
+def accuracy_vs_bytes(report: dict, path: Path) -> Path:
+    """The Pareto curve: the task's metric (top-1, mIoU, ...) against bytes
+    sent per image (log scale), one line per series and payload of the
+    sweep (:mod:`experiments.sweep`), the dense split marked at its bytes,
+    single device and no communication (nothing sent) as horizontal lines."""
     plt = _pyplot()
     metric, label = report["quality"]["metric"], report.get("metric_label", "top-1")
     scale = report.get("metric_scale", 100.0)  # 100: a share in %
     unit = "%" if scale == 100 else report.get("metric_unit", "")
-    sweep = sorted(report["sweep"], key=lambda point: point["comm_ratio"])
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
-    ax.plot([p["comm_ratio"] for p in sweep], [scale * p[metric] for p in sweep], "o-",
-            label="learned masks")
-    quality = report["quality"]
-    if quality["random_mask"] is not None:
-        ax.plot([report["comm_ratio"]], [scale * quality["random_mask"]], "s",
-                label="random masks")
+    colours = {"allocated": "tab:blue", "learned": "tab:orange", "random": "tab:gray"}
+    markers = {"float32": "o", "bfloat16": "s", "int8": "^"}
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
+    lines: dict[tuple[str, str], list] = {}
+    for point in report["sweep"]:
+        if point["bytes_per_image"] > 0:  # nothing sent: not on a log scale (a line below)
+            lines.setdefault((point["series"], point["payload_dtype"]), []).append(point)
+    for (series, payload), points in sorted(lines.items()):
+        points.sort(key=lambda p: p["bytes_per_image"])
+        ax.plot([p["bytes_per_image"] for p in points], [scale * p[metric] for p in points],
+                marker=markers.get(payload, "o"), color=colours.get(series),
+                linestyle="-" if payload == "float32" else ("--" if payload == "int8" else ":"),
+                label=f"{points[0]['label']}, {payload}")
+    quality, comm = report["quality"], report["comm_bytes_per_sample"]
     if quality["dense_split"] is not None:
-        ax.axhline(scale * quality["dense_split"], color="gray", linestyle="--",
-                   label="dense split")
-    ax.set_xlabel("comm ratio (channels sent / channels a node holds)")
+        ax.plot([comm["dense_split"]], [scale * quality["dense_split"]], "*", color="black",
+                markersize=12, label="dense split (float32, every channel)")
+    if quality.get("single") is not None:
+        ax.axhline(scale * quality["single"], color="black", linestyle=":", linewidth=1,
+                   label="single device (sends nothing)")
+    if quality.get("no_comm") is not None:
+        ax.axhline(scale * quality["no_comm"], color="tab:red", linestyle=":", linewidth=1,
+                   label="no communication")
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes sent per image (all node pairs, log scale)")
     ax.set_ylabel(f"test {label} ({unit})")
     ax.set_title(f"{report['model']} on {report['nodes']} nodes, {report['dataset']}")
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

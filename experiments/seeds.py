@@ -29,6 +29,7 @@ import math
 import sys
 from pathlib import Path
 
+from experiments import sweep
 from experiments.compare import stats, write_report
 from experiments.pipeline import amount
 
@@ -71,7 +72,8 @@ def over_seeds(runs: list[dict], goals) -> dict:
     report |= {"steps_per_variant": steps_of(first),
                "seeds": [r["seed"] for r in runs], "quality": quality, "paired": paired,
                "max_abs_diff_vs_reference": max(r["max_abs_diff_vs_reference"] for r in runs),
-               "verified": all(r["verified"] for r in runs), "per_seed": runs}
+               "verified": all(r["verified"] for r in runs), "per_seed": runs,
+               "sweep": sweep.over_seeds(runs, quality["metric"])}
     report["targets"] = seed_targets(report, goals)
     return report
 
@@ -136,6 +138,10 @@ def format_seeds(report: dict) -> str:
     for row in report["targets"]:
         verdict = "met" if row["met"] else "NOT met"
         rows.append(f"  {row['what']:62} {row['measured']:>30}   {verdict}")
+    if report.get("sweep"):
+        rows.append(f"sweep over seeds ({label}, same steps per point):")
+        rows += sweep.format_sweep_over_seeds(report["sweep"], report["quality"]["metric"],
+                                              scale)
     rows.append(f"every seed: distributed == reference, HLO bytes == plan bytes, budgets exact: "
                 f"{'yes' if report['verified'] else 'NO'}")
     return "\n".join(rows)

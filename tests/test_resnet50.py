@@ -71,10 +71,16 @@ def test_every_variant_sees_the_same_steps_from_one_dense_checkpoint(quick_run):
 
 @pytest.mark.slow
 def test_sweep_and_plots(quick_run):
-    _, report, _ = quick_run
+    _, report, folder = quick_run
     assert [point["comm_ratio"] for point in report["sweep"]] == [0.0, 0.5, 1.0]
-    assert report["sweep"][0]["variant"] == "no_comm"
+    assert [point["variant"] for point in report["sweep"]] == ["no_comm", "sweep", "dense_split"]
     assert report["sweep"][2]["top1"] == report["quality"]["dense_split"]
+    comm = report["comm_bytes_per_sample"]
+    assert [point["bytes_per_image"] for point in report["sweep"]][::2] == [0, comm["dense_split"]]
+    for point in report["sweep"]:
+        assert point["verified"] and point["hlo_bytes_per_image"] == point["bytes_per_image"]
+        assert (folder / "run" / "sweep" / point["name"] / "plan" / "plan.json").is_file()
+    assert 0 < report["sweep"][1]["bytes_per_image"] < comm["dense_split"]
     assert len(report["plots"]) == 2
     for path in report["plots"]:
         with open(path, "rb") as png:
@@ -95,15 +101,61 @@ def test_init_loads_the_dense_model_instead_of_training_it(quick_run, tmp_path):
     assert again["quality"] == report["quality"]
 
 
+@pytest.fixture(scope="module")
+def series_run(quick_run, tmp_path_factory):
+    """The quick run started again in its folder (its variants resume from their
+    checkpoints) with a sweep of the three series in int8 at rho 0.5."""
+    _, _, folder = quick_run
+    path = tmp_path_factory.mktemp("series") / "again.json"
+    code = resnet50.main(["--quick", "--mesh", "2", "--sweep", "0.5", "--sweep-series",
+                          "allocated,learned,random", "--sweep-payloads", "int8", "--out",
+                          str(folder / "run"), "--report", str(path)])
+    return code, json.loads(path.read_text()), folder
+
+
 @pytest.mark.slow
-def test_a_run_started_again_resumes_from_its_checkpoints(quick_run, tmp_path):
-    _, report, folder = quick_run
-    code = resnet50.main(["--quick", "--mesh", "2", "--sweep", "0,0.5,1", "--out",
-                          str(folder / "run"), "--report", str(tmp_path / "again.json")])
+def test_a_run_started_again_resumes_from_its_checkpoints(quick_run, series_run):
+    _, report, _ = quick_run
+    code, again, _ = series_run
     assert code == 0
-    again = json.loads((tmp_path / "again.json").read_text())
     assert again["quality"] == report["quality"]
     assert again["max_abs_diff_vs_reference"] == report["max_abs_diff_vs_reference"]
+
+
+@pytest.mark.slow
+def test_a_sweep_of_every_series_in_int8_spends_equal_bytes_and_verifies(series_run):
+    _, report, _ = series_run
+    points = {point["series"]: point for point in report["sweep"]}
+    assert sorted(points) == ["allocated", "learned", "random"]
+    assert all(p["payload_dtype"] == "int8" and p["verified"] for p in points.values())
+    learned, allocated = points["learned"], points["allocated"]
+    assert learned["bytes_per_image"] == points["random"]["bytes_per_image"]
+    # the learned allocation spends the uniform ratio's bytes, short by < one direction a layer
+    assert allocated["budget"]["budget"] == learned["bytes_per_image"]
+    assert allocated["budget"]["exact"]
+    assert allocated["budget"]["budget"] - allocated["budget"]["slack"] < \
+        allocated["bytes_per_image"] <= learned["bytes_per_image"]
+    assert learned["comm_reduction"] > 2 * 4  # int8 at rho 0.5: more than 4x float32's 2x
+    assert resnet50.verified(report)
+
+
+@pytest.mark.slow
+def test_a_sweep_point_exports_and_runs_as_the_report_says(series_run, tmp_path, capsys):
+    from experiments import export, infer
+
+    _, report, folder = series_run
+    point = next(p for p in report["sweep"] if p["series"] == "allocated")
+    run = str(folder / "run")
+    assert infer.main(["--run", run, "--point", point["name"], "--images",
+                       str(report["test_images"])]) == 0
+    assert f"top-1 {100 * point['top1']:.2f}" in capsys.readouterr().out
+    bundles = tmp_path / "bundles"
+    assert export.main(["--run", run, "--point", point["name"], "--out", str(bundles)]) == 0
+    assert f"node bundles of the sweep point {point['name']}" in capsys.readouterr().out
+    manifest = json.loads((bundles / "node-0" / "manifest.json").read_text())
+    assert "int8" in json.dumps(manifest)
+    assert infer.main(["--run", run, "--point", "nope"]) == 2
+    assert f"has no sweep point 'nope'; it has {point['name']}" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -155,6 +207,11 @@ def test_an_out_folder_of_other_settings_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--comm-ratio", "1.5"], "--comm-ratio must be in [0, 1]"),
     (["--sweep", "0,x"], "--sweep takes comma-separated numbers"),
+    (["--sweep", "0.1", "--sweep-series", "learned,best"],
+     "--sweep-series must be among allocated, learned, random, got best"),
+    (["--sweep", "0.1", "--sweep-payloads", "int4"],
+     "--sweep-payloads must be among float32, bfloat16, int8, got int4"),
+    (["--sweep", "0.1", "--mesh", "1"], "--sweep trades bytes between nodes"),
     (["--mesh", "0"], "--mesh must be a positive number"),
 ])
 def test_bad_arguments_are_refused_before_any_work(argv, message, capsys):
@@ -339,6 +396,14 @@ def test_directions_without_the_refit_are_refused(tmp_path, capsys):
     assert resnet50.main(["--quick", "--basis", "directions", "--prune-steps", "2", "--out",
                           str(tmp_path / "run")]) == 2
     assert "needs --prune-steps 0 and --refit lstsq" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_learned_allocation_series_without_directions_is_refused(tmp_path, capsys):
+    assert resnet50.main(["--quick", "--basis", "channels", "--refit", "none", "--prune-steps",
+                          "2", "--sweep", "0.1", "--sweep-series", "learned,allocated",
+                          "--out", str(tmp_path / "run")]) == 2
+    assert "allocation 'learned' shares the bytes" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
