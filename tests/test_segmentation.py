@@ -36,7 +36,7 @@ def test_quick_segmentation_run_passes_its_checks_pixel_by_pixel(quick_run):
 def test_quick_segmentation_run_draws_its_figures(quick_run):
     _, report, _ = quick_run
     names = [path.rsplit("/", 1)[-1] for path in report["plots"]]
-    assert names == ["bytes_per_layer.png", "accuracy_vs_ratio.png", "examples.png"]
+    assert names == ["bytes_per_layer.png", "accuracy_vs_bytes.png", "examples.png"]
     assert [point["comm_ratio"] for point in report["sweep"]] == [0.2, 1.0]
     assert report["sweep"][1]["miou"] == report["quality"]["dense_split"]
 
