@@ -285,6 +285,22 @@ def payload_of_variant(variant: str, payload: str) -> str:
     return "float32" if variant in ("dense_split", "no_comm") else payload
 
 
+AT_BUDGET = "at_budget.json"
+"""In a variant's checkpoint folder: its metric at the budget, before fine-tuning."""
+
+
+def _finished(checkpoint_dir: Path | None, steps: int) -> float | None:
+    """The metric at the budget of a variant whose fine-tuning has its last
+    checkpoint (step ``steps``) in ``checkpoint_dir``, or None (not finished,
+    or saved before the metric was kept)."""
+    if checkpoint_dir is None or not (checkpoint_dir / "finetune" / str(steps)).is_dir():
+        return None
+    try:
+        return float(json.loads((checkpoint_dir / AT_BUDGET).read_text())["metric"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, seed: int,
                   train_split, evaluate_fn, task, *, checkpoint_dir: Path | None = None,
                   label: str = "", optimizer=None, evaluate_final: bool = True,
@@ -309,7 +325,8 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
       task: the :class:`~disco_jax.tasks.Task` trained on (or a number of
         classes: classification).
       checkpoint_dir: save each phase here (``prune/`` and ``finetune/``) and
-        resume from it.
+        resume from it; a variant whose fine-tuning finished there is loaded
+        from its last checkpoint, its masks and refit not computed again.
       evaluate_final: False to skip ``evaluate_fn`` after fine-tuning (the
         caller measures the model itself).
       payload: what the variant's channels travel as
@@ -326,13 +343,24 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
     from disco_jax.layers import set_payload_dtype
     from disco_jax.projections import choose_directions
     from disco_jax.refit import refit
-    from disco_jax.train import train
+    from disco_jax.train import restore_model, train
 
     def folder(phase):
         return None if checkpoint_dir is None else checkpoint_dir / phase
 
     model = nnx.clone(dense)
     set_payload_dtype(model, payload_of_variant(variant, payload))
+    fresh = optimizer is None
+    start = 0 if fresh else int(optimizer.step[...])
+    if fresh:
+        prune_config = run_config(schedule, schedule.prune_steps, seed + 1000)
+        finetune_config = run_config(schedule, schedule.finetune_steps, seed + 2000)
+    else:
+        prune_config = finetune_config = run_config(schedule, start + schedule.steps, seed)
+    done = _finished(checkpoint_dir, finetune_config.steps)
+    if done is not None:  # trained before: its last checkpoint, without the masks and refit
+        restore_model(model, checkpoint_dir / "finetune")
+        return model, done, evaluate_fn(model) if evaluate_final else None
     distill = schedule.distillation
     teacher = None if distill is None else dense  # left as it is: train runs it, changes nothing
     images, labels = calibration(train_split, seed, schedule.calibration_images)
@@ -350,14 +378,7 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
         choose = choose_directions(
             "random_directions" if variant == "random_directions" else "reduced_rank",
             share, seed)
-    fresh = optimizer is None
-    start = 0 if fresh else int(optimizer.step[...])
     method = mask_method(variant, comm_ratio, schedule, seed, start=start, task=task)
-    if fresh:
-        prune_config = run_config(schedule, schedule.prune_steps, seed + 1000)
-        finetune_config = run_config(schedule, schedule.finetune_steps, seed + 2000)
-    else:
-        prune_config = finetune_config = run_config(schedule, start + schedule.steps, seed)
     if schedule.prune_steps > 0:
         optimizer = train(model, train_split, task, prune_config, method=method,
                           optimizer=optimizer, checkpoint_dir=folder("prune"),
@@ -368,6 +389,9 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
     if schedule.refit == "lstsq" and variant != "dense_split":
         refit(model, dense, images, choose=choose, inputs=schedule.refit_inputs)
     at_budget = evaluate_fn(model)
+    if checkpoint_dir is not None:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        (checkpoint_dir / AT_BUDGET).write_text(json.dumps({"metric": at_budget}))
     train(model, train_split, task, finetune_config, optimizer=None if fresh else optimizer,
           checkpoint_dir=folder("finetune"), teacher=teacher, distill=distill,
           description=f"{label}{variant} fine-tune")

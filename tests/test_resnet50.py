@@ -104,27 +104,41 @@ def test_init_loads_the_dense_model_instead_of_training_it(quick_run, tmp_path):
 @pytest.fixture(scope="module")
 def series_run(quick_run, tmp_path_factory):
     """The quick run started again in its folder (its variants resume from their
-    checkpoints) with a sweep of the three series in int8 at rho 0.5."""
+    checkpoints) with a sweep of the three series in int8 at rho 0.5: exit code,
+    report, folder and how many models it refitted."""
+    from disco_jax import refit
+
     _, _, folder = quick_run
     path = tmp_path_factory.mktemp("series") / "again.json"
-    code = resnet50.main(["--quick", "--mesh", "2", "--sweep", "0.5", "--sweep-series",
-                          "allocated,learned,random", "--sweep-payloads", "int8", "--out",
-                          str(folder / "run"), "--report", str(path)])
-    return code, json.loads(path.read_text()), folder
+    refitted, original = [], refit.refit
+
+    def counted(*args, **kwargs):
+        refitted.append(1)
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(refit, "refit", counted)
+        code = resnet50.main(["--quick", "--mesh", "2", "--sweep", "0.5", "--sweep-series",
+                              "allocated,learned,random", "--sweep-payloads", "int8", "--out",
+                              str(folder / "run"), "--report", str(path)])
+    return code, json.loads(path.read_text()), folder, len(refitted)
 
 
 @pytest.mark.slow
 def test_a_run_started_again_resumes_from_its_checkpoints(quick_run, series_run):
     _, report, _ = quick_run
-    code, again, _ = series_run
+    code, again, _, refitted = series_run
     assert code == 0
     assert again["quality"] == report["quality"]
+    assert again["quality_at_budget"] == report["quality_at_budget"]
     assert again["max_abs_diff_vs_reference"] == report["max_abs_diff_vs_reference"]
+    # the variants load their last checkpoints: only the three new points are refitted
+    assert refitted == 3
 
 
 @pytest.mark.slow
 def test_a_sweep_of_every_series_in_int8_spends_equal_bytes_and_verifies(quick_run, series_run):
-    _, report, _ = series_run
+    _, report, _, _ = series_run
     points = {point["series"]: point for point in report["sweep"]}
     assert sorted(points) == ["allocated", "learned", "random"]
     assert all(p["payload_dtype"] == "int8" and p["verified"] for p in points.values())
@@ -146,7 +160,7 @@ def test_a_sweep_of_every_series_in_int8_spends_equal_bytes_and_verifies(quick_r
 def test_a_sweep_point_exports_and_runs_as_the_report_says(series_run, tmp_path, capsys):
     from experiments import export, infer
 
-    _, report, folder = series_run
+    _, report, folder, _ = series_run
     point = next(p for p in report["sweep"] if p["series"] == "allocated")
     run = str(folder / "run")
     assert infer.main(["--run", run, "--point", point["name"], "--images",
