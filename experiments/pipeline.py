@@ -39,7 +39,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from experiments.compare import ALLOCATIONS, RECIPE, STRAIGHT_THROUGH
-from experiments.sweep import DEFAULT_SERIES, SERIES, checked, format_sweep, parse_list
+from experiments.sweep import (
+    DEFAULT_SERIES,
+    SERIES,
+    checked,
+    format_sweep,
+    parse_list,
+    payload_twins,
+)
 
 IMPORTANCES = ("weight_norm", "saliency", "fisher")
 """How the learned masks rank channels (:class:`disco_jax.sparsify.GradualPruning`)."""
@@ -68,6 +75,9 @@ class Targets:
     params: float | None = None
     title: str = "targets for this run"
     over_baseline: tuple[str, float] | None = None
+    payload_gap: float | None = None
+    """A lossy payload (bfloat16, int8) within this of float32 at the same
+    channels, judged where a sweep has both (:func:`experiments.sweep.payload_twins`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -550,6 +560,13 @@ def targets(report: dict, goals: Targets) -> list[tuple[str, str, bool | None]]:
         lead = scale * (quality["disco"] - quality["disco_uniform_allocation"])
         rows.append(("learned allocation above the uniform ratio at the same bytes",
                      f"{lead:+.2f} {unit}", lead > 0))
+    if goals.payload_gap is not None:
+        for point, twin in payload_twins(report.get("sweep", [])):
+            lead = scale * (point[quality["metric"]] - twin[quality["metric"]])
+            rows.append((f"{point['payload_dtype']} within {amount(goals.payload_gap, unit)} of "
+                         f"float32 at the same channels ({point['series']}, rho "
+                         f"{point['comm_ratio']:g})", f"{lead:+.2f} {unit}",
+                         lead >= -goals.payload_gap))
     if goals.over_baseline is not None and quality["dense_split"] is not None:
         name, margin = goals.over_baseline
         lead = quality["dense_split"] - report["baselines"][name][quality["metric"]]

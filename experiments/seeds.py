@@ -8,7 +8,8 @@ data order, then its own calibration images and random channels) and
 - each variant's top-1: mean ± sample std over seeds;
 - paired differences, seed by seed, in points: DISCO - random masks (and
   random directions where the run has them), DISCO - no communication,
-  DISCO - dense split;
+  DISCO - dense split, and each sweep point sent in a lossy payload - its
+  float32 twin at the same channels (:func:`experiments.sweep.payload_twins`);
 - the targets, judged on the paired differences: a target is met only when
   the paired mean is more than two standard errors (std / sqrt(seeds)) past
   its threshold, and "within G points of the dense split" also in every seed.
@@ -64,6 +65,12 @@ def over_seeds(runs: list[dict], goals) -> dict:
         if key in keys and "disco" in keys:
             paired[f"disco - {key}"] = stats(
                 [scale * (r["quality"]["disco"] - r["quality"][key]) for r in runs])
+    by_name = [{point["name"]: point for point in r.get("sweep", [])} for r in runs]
+    for point, twin in sweep.payload_twins(first.get("sweep", [])):
+        pair = [(seed.get(point["name"]), seed.get(twin["name"])) for seed in by_name]
+        if all(a is not None and b is not None for a, b in pair):
+            paired[f"{point['name']} - {twin['name']}"] = stats(
+                [scale * (a[quality["metric"]] - b[quality["metric"]]) for a, b in pair])
     report = {key: first[key] for key in ("model", "task", "metric_label", "metric_scale",
                                           "metric_unit", "dataset", "input_shape", "nodes",
                                           "comm_ratio", "payload_dtype", "preset", "recipe",
@@ -99,6 +106,18 @@ def seed_targets(report: dict, goals) -> list[dict]:
                              "every seed and mean - 2 SE",
                      "measured": f"{gap['mean']:+.2f} ± {error or 0:.2f} SE, worst {worst:+.2f}",
                      "met": met})
+    for point, twin in sweep.payload_twins(runs[0].get("sweep", [])):
+        cost = report["paired"].get(f"{point['name']} - {twin['name']}")
+        if goals.payload_gap is None or cost is None:
+            continue
+        error = _standard_error(cost)
+        worst = min(cost["values"])
+        rows.append({"what": f"{point['payload_dtype']} within {amount(goals.payload_gap, unit)} "
+                             f"of float32 at the same channels ({point['series']}, rho "
+                             f"{point['comm_ratio']:g}), every seed and mean - 2 SE",
+                     "measured": f"{cost['mean']:+.2f} ± {error or 0:.2f} SE, worst {worst:+.2f}",
+                     "met": (error is not None and worst >= -goals.payload_gap
+                             and cost["mean"] - 2 * error > -goals.payload_gap)})
     for key, name in (*PAIRED[:2], PAIRED[4]):  # the comparisons at the same bytes
         lead = report["paired"].get(f"disco - {key}")
         if lead is None:

@@ -106,6 +106,20 @@ class RunPoints:
                 for s in series for p in payloads for r in ratios]
 
 
+def payload_twins(sweep: list[dict]) -> list[tuple[dict, dict]]:
+    """``(point, twin)`` for each point of ``sweep`` sent in a lossy payload
+    whose float32 twin (the same series at the same ratio: the same k per
+    layer, so the same channels or directions; only what they travel as
+    differs) the sweep has. The allocated series is left out: its budget,
+    and so each layer's k, depends on the payload."""
+    by_key = {(p["series"], p["comm_ratio"], p["payload_dtype"]): p for p in sweep}
+    return [(point, by_key[(point["series"], point["comm_ratio"], "float32")])
+            for point in sweep
+            if point["payload_dtype"] != "float32" and point["comm_ratio"] > 0
+            and SERIES[point["series"]].allocation == "uniform"
+            and (point["series"], point["comm_ratio"], "float32") in by_key]
+
+
 def checked(check: dict, payload: str) -> bool:
     """A mesh check (:func:`experiments.pipeline.distributed_check` with the
     reference) passes: the same predictions up to float ties, outputs within

@@ -96,3 +96,23 @@ def test_a_dense_model_loaded_at_step_p_counts_as_one_trained_for_p_steps(tmp_pa
     assert seeds.main(folders) == 2
     err = capsys.readouterr().err
     assert "differ in more than their seed" in err and '"dense": 150' in err
+
+
+def test_int8_is_paired_with_float32_seed_by_seed_and_judged_on_every_seed():
+    def point(name, payload, top1):
+        return {"name": name, "series": "learned", "label": "DISCO, uniform ratio",
+                "payload_dtype": payload, "comm_ratio": 0.1, "top1": top1,
+                "bytes_per_image": 20 if payload == "int8" else 70, "verified": True}
+
+    goals = Targets(comm_reduction=5.0, gap=1.0, payload_gap=0.3)
+    runs = []
+    for seed, (int8, float32) in enumerate([(0.880, 0.881), (0.871, 0.870), (0.885, 0.887)]):
+        runs.append(run(seed, 0.9, 0.89, 0.88) | {"sweep": [
+            point("learned-int8-r0.1", "int8", int8),
+            point("learned-float32-r0.1", "float32", float32)]})
+    report = seeds.over_seeds(runs, goals)
+    cost = report["paired"]["learned-int8-r0.1 - learned-float32-r0.1"]
+    assert cost["values"] == pytest.approx([-0.1, 0.1, -0.2])
+    assert target(report, "int8 within 0.3 point of float32")["met"]
+    runs[2]["sweep"][0]["top1"] = 0.883  # 0.4 points below float32 in one seed
+    assert not target(seeds.over_seeds(runs, goals), "int8 within 0.3 point")["met"]

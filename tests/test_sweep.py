@@ -107,3 +107,37 @@ def test_a_point_the_run_does_not_have_is_named_with_the_ones_it_has(tmp_path):
     (tmp_path / "sweep" / "learned-int8-r0.1" / "point.json").write_text("{}")
     with pytest.raises(ConfigError, match="it has learned-int8-r0.1"):
         sweep.load_point(tmp_path, "x")
+
+
+def test_a_lossy_point_is_paired_with_float32_at_the_same_channels_only():
+    points = [_point("learned-int8-r0.1", "learned", "int8", 0.1, 0.87, 20),
+              _point("learned-float32-r0.1", "learned", "float32", 0.1, 0.88, 70),
+              _point("random-bfloat16-r0.1", "random", "bfloat16", 0.1, 0.85, 35),
+              _point("random-float32-r0.1", "random", "float32", 0.1, 0.86, 70),
+              _point("learned-int8-r0.2", "learned", "int8", 0.2, 0.88, 40),  # no float32 r0.2
+              _point("allocated-int8-r0.1", "allocated", "int8", 0.1, 0.88, 20),
+              _point("allocated-float32-r0.1", "allocated", "float32", 0.1, 0.88, 70)]
+    pairs = [(a["name"], b["name"]) for a, b in sweep.payload_twins(points)]
+    # the allocated series shares out a payload's budget: its k differ between payloads
+    assert pairs == [("learned-int8-r0.1", "learned-float32-r0.1"),
+                     ("random-bfloat16-r0.1", "random-float32-r0.1")]
+
+
+def test_a_run_judges_int8_against_float32_at_the_same_channels():
+    from experiments.pipeline import Targets, targets
+
+    report = {"comm_bytes_per_sample": {"dense_split": 1000, "disco_hlo": 20},
+              "flops_per_node": {}, "params_per_node": {},
+              "quality": {"metric": "top1", "random_mask": None},
+              "sweep": [_point("learned-int8-r0.1", "learned", "int8", 0.1, 0.876, 20),
+                        _point("learned-float32-r0.1", "learned", "float32", 0.1, 0.88, 70),
+                        _point("random-int8-r0.1", "random", "int8", 0.1, 0.84, 20),
+                        _point("random-float32-r0.1", "random", "float32", 0.1, 0.85, 70)]}
+    rows = {what: (measured, met) for what, measured, met in
+            targets(report, Targets(comm_reduction=5.0, gap=1.0, payload_gap=0.3))}
+    assert rows["int8 within 0.3 point of float32 at the same channels (learned, rho 0.1)"] \
+        == ("-0.40 points", False)
+    assert rows["int8 within 0.3 point of float32 at the same channels (random, rho 0.1)"][1] \
+        is False
+    assert not any("float32" in what for what, _, _ in
+                   targets(report, Targets(comm_reduction=5.0, gap=1.0)))  # not its target
