@@ -106,7 +106,7 @@ def seed_targets(report: dict, goals) -> list[dict]:
                              "every seed and mean - 2 SE",
                      "measured": f"{gap['mean']:+.2f} ± {error or 0:.2f} SE, worst {worst:+.2f}",
                      "met": met})
-    for point, twin in sweep.payload_twins(runs[0].get("sweep", [])):
+    for point, twin in sweep.payload_twins(report.get("sweep") or []):
         cost = report["paired"].get(f"{point['name']} - {twin['name']}")
         if goals.payload_gap is None or cost is None:
             continue
