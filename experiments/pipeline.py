@@ -700,9 +700,11 @@ def format_report(report: dict, network: Network) -> str:
                              quality["dense_split"])
     goals = network.targets_of(report["model"])
     rows.append(f"{goals.title}:")
-    for what, measured, met in targets(report, goals):
+    claims = targets(report, goals)
+    width = max([58] + [len(what) for what, _, _ in claims])
+    for what, measured, met in claims:
         verdict = "not measured" if met is None else ("met" if met else "NOT met")
-        rows.append(f"  {what:58} {measured:>20}   {verdict}")
+        rows.append(f"  {what:{width}} {measured:>20}   {verdict}")
     return "\n".join(rows)
 
 

@@ -154,9 +154,10 @@ def format_seeds(report: dict) -> str:
                     + ", ".join(f"{v:+.2f}" for v in summary["values"]) + ")")
     rows.append("targets over seeds (met only when the paired mean is more than two standard "
                 "errors past the threshold):")
+    width = max([62] + [len(row["what"]) for row in report["targets"]])
     for row in report["targets"]:
         verdict = "met" if row["met"] else "NOT met"
-        rows.append(f"  {row['what']:62} {row['measured']:>30}   {verdict}")
+        rows.append(f"  {row['what']:{width}} {row['measured']:>30}   {verdict}")
     if report.get("sweep"):
         rows.append(f"sweep over seeds ({label}, same steps per point):")
         rows += sweep.format_sweep_over_seeds(report["sweep"], report["quality"]["metric"],
