@@ -530,6 +530,12 @@ def distributed_check(model, plan, mesh, test, task, batch: int = 500, *,
                                     "hlo_flops_per_sample", "other_collectives")}
 
 
+def payload_claim(point: dict, gap: float, unit: str) -> str:
+    """The words of the target "a lossy sweep point within ``gap`` of its float32 twin"."""
+    return (f"{point['payload_dtype']} within {amount(gap, unit)} of float32 at the same "
+            f"channels ({point['series']}, rho {point['comm_ratio']:g})")
+
+
 def targets(report: dict, goals: Targets) -> list[tuple[str, str, bool | None]]:
     """The paper's claims for this run: (what, measured, met); None when not measured."""
     comm, flops, params = (report["comm_bytes_per_sample"], report["flops_per_node"],
@@ -563,9 +569,7 @@ def targets(report: dict, goals: Targets) -> list[tuple[str, str, bool | None]]:
     if goals.payload_gap is not None:
         for point, twin in payload_twins(report.get("sweep", [])):
             lead = scale * (point[quality["metric"]] - twin[quality["metric"]])
-            rows.append((f"{point['payload_dtype']} within {amount(goals.payload_gap, unit)} of "
-                         f"float32 at the same channels ({point['series']}, rho "
-                         f"{point['comm_ratio']:g})", f"{lead:+.2f} {unit}",
+            rows.append((payload_claim(point, goals.payload_gap, unit), f"{lead:+.2f} {unit}",
                          lead >= -goals.payload_gap))
     if goals.over_baseline is not None and quality["dense_split"] is not None:
         name, margin = goals.over_baseline

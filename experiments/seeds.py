@@ -32,7 +32,7 @@ from pathlib import Path
 
 from experiments import sweep
 from experiments.compare import stats, write_report
-from experiments.pipeline import amount
+from experiments.pipeline import amount, payload_claim
 
 PAIRED = (("random_mask", "random masks"), ("random_directions", "random directions"),
           ("no_comm", "no communication"), ("dense_split", "dense split"),
@@ -112,9 +112,8 @@ def seed_targets(report: dict, goals) -> list[dict]:
             continue
         error = _standard_error(cost)
         worst = min(cost["values"])
-        rows.append({"what": f"{point['payload_dtype']} within {amount(goals.payload_gap, unit)} "
-                             f"of float32 at the same channels ({point['series']}, rho "
-                             f"{point['comm_ratio']:g}), every seed and mean - 2 SE",
+        rows.append({"what": payload_claim(point, goals.payload_gap, unit)
+                             + ", every seed and mean - 2 SE",
                      "measured": f"{cost['mean']:+.2f} ± {error or 0:.2f} SE, worst {worst:+.2f}",
                      "met": (error is not None and worst >= -goals.payload_gap
                              and cost["mean"] - 2 * error > -goals.payload_gap)})
