@@ -405,12 +405,13 @@ def run(network: Network, args) -> dict:
     metric = task.metric
     disco, plan = models["learned"], plans["learned"]
     plan_dir = dj.save_plan(plan, args.out / "plan", overwrite=True)
-    check = distributed_check(disco, plan, mesh, test, task)
+    check = distributed_check(disco, plan, mesh, test, task, keep=args.out / "learned")
     points = RunPoints(args.comm_ratio, args.payload_dtype, schedule.allocation)
     on_curve = {point[-1] for point in points.points(args.sweep, args.sweep_series,
                                                      args.sweep_payloads)}
     checks = {v: check if model is disco else
-              distributed_check(model, plans[v], mesh, test, task, reference=v in on_curve)
+              distributed_check(model, plans[v], mesh, test, task, reference=v in on_curve,
+                                keep=args.out / v)
               for v, model in models.items()}
     every_metric = {v: check["reference_metrics"] if model is disco else checks[v]["metrics"]
                     for v, model in models.items()}
@@ -433,7 +434,7 @@ def run(network: Network, args) -> dict:
                                     payload=payload, label=f"{folder.name}: ")
         point_plan, _, budget = plan_and_budget_bytes(
             model, image, ratio, allocated=SERIES[series].allocation == "learned")
-        result = distributed_check(model, point_plan, mesh, test, task)
+        result = distributed_check(model, point_plan, mesh, test, task, keep=folder)
         return point_plan, budget, result, result[metric]
 
     begin = time.time()
@@ -507,19 +508,26 @@ def run(network: Network, args) -> dict:
 
 
 def distributed_check(model, plan, mesh, test, task, batch: int = 500, *,
-                       reference: bool = True) -> dict:
+                       reference: bool = True, keep: Path | None = None) -> dict:
     """Runs ``model``'s inference form on ``mesh`` over ``test`` and, with
     ``reference``, compares it with the single-device masked reference (the
     training form, one device): :func:`disco_jax.evaluation.mesh_check`, in
     the report's terms (the primary metric as ``task.metric`` and
-    ``reference_`` + it). Without it, only the mesh's metrics."""
+    ``reference_`` + it). Without it, only the mesh's metrics. With ``keep``
+    (the variant's folder), the check is kept there and read back when the
+    run is started again with the same model, plan, test set and code
+    (:mod:`experiments.checks`)."""
     from disco_jax.evaluation import mesh_check
+    from experiments.checks import check_key, kept
 
-    check = mesh_check(model, plan, mesh, test, task, batch=batch, reference=reference)
+    batch = min(batch, len(test))
+    key = None if keep is None else check_key(model, plan, test, batch=batch, nodes=mesh.size)
+    check = kept(keep, key, lambda: mesh_check(model, plan, mesh, test, task, batch=batch,
+                                               reference=reference), reference=reference)
     metric = task.metric
     result = {metric: check["metrics"][metric], "images": check["images"],
               "batch": check["batch"], "mesh_seconds": check["mesh_seconds"],
-              "metrics": check["metrics"]}
+              "metrics": check["metrics"], "checked_at": check.get("checked_at")}
     if not reference:
         return result
     return result | {f"reference_{metric}": check["reference_metrics"][metric]} | {

@@ -1,13 +1,28 @@
-"""Test setup: 8 emulated CPU devices, strict jax promotion, hypothesis profiles.
+"""Test setup: 8 emulated CPU devices, a persistent compilation cache, strict
+jax promotion, hypothesis profiles.
 
-XLA_FLAGS must be set before jax is imported, so it happens at the top of
-this file, which pytest imports before any test module.
+XLA_FLAGS and the cache must be set before jax is imported, so it happens at
+the top of this file, which pytest imports before any test module.
 """
 
 import os
+import tempfile
+from pathlib import Path
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# Many tests compile the same programs (the quick runs of one network, a run
+# started again, the processes of a launch): jax's persistent compilation
+# cache compiles each once per machine. Set through the environment, it
+# reaches pytest-xdist's processes and the subprocesses the tests start. JAX
+# keys an entry by the program, the compile options, XLA_FLAGS and its own
+# version; least recently used entries go past 2 GiB (the processes lock the
+# cache: the dev extra's filelock). Your own JAX_COMPILATION_CACHE_DIR wins.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(Path(tempfile.gettempdir()) / f"disco_jax-tests-jax-cache-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
 
 import jax  # noqa: E402
 from hypothesis import HealthCheck, Phase, settings  # noqa: E402

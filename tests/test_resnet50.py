@@ -105,35 +105,42 @@ def test_init_loads_the_dense_model_instead_of_training_it(quick_run, tmp_path):
 def series_run(quick_run, tmp_path_factory):
     """The quick run started again in its folder (its variants resume from their
     checkpoints) with a sweep of the three series in int8 at rho 0.5: exit code,
-    report, folder and how many models it refitted."""
-    from disco_jax import refit
+    report, folder and how many models it refitted and checked on the mesh."""
+    from disco_jax import evaluation, refit
 
     _, _, folder = quick_run
     path = tmp_path_factory.mktemp("series") / "again.json"
-    refitted, original = [], refit.refit
+    calls = {"refit": 0, "mesh_check": 0}
 
-    def counted(*args, **kwargs):
-        refitted.append(1)
-        return original(*args, **kwargs)
+    def counted(module, name):
+        original = getattr(module, name)
+
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return original(*args, **kwargs)
+        return call
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(refit, "refit", counted)
+        for module, name in ((refit, "refit"), (evaluation, "mesh_check")):
+            patch.setattr(module, name, counted(module, name))
         code = resnet50.main(["--quick", "--mesh", "2", "--sweep", "0.5", "--sweep-series",
                               "allocated,learned,random", "--sweep-payloads", "int8", "--out",
                               str(folder / "run"), "--report", str(path)])
-    return code, json.loads(path.read_text()), folder, len(refitted)
+    return code, json.loads(path.read_text()), folder, calls
 
 
 @pytest.mark.slow
 def test_a_run_started_again_resumes_from_its_checkpoints(quick_run, series_run):
     _, report, _ = quick_run
-    code, again, _, refitted = series_run
+    code, again, _, calls = series_run
     assert code == 0
     assert again["quality"] == report["quality"]
     assert again["quality_at_budget"] == report["quality_at_budget"]
     assert again["max_abs_diff_vs_reference"] == report["max_abs_diff_vs_reference"]
-    # the variants load their last checkpoints: only the three new points are refitted
-    assert refitted == 3
+    # the variants load their last checkpoints and their mesh checks: only the
+    # three new points are refitted and checked
+    assert calls == {"refit": 3, "mesh_check": 3}
+    assert again["distributed"] == report["distributed"]  # checked_at included
 
 
 @pytest.mark.slow
