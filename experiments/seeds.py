@@ -65,7 +65,7 @@ def over_seeds(runs: list[dict], goals) -> dict:
         if key in keys and "disco" in keys:
             paired[f"disco - {key}"] = stats(
                 [scale * (r["quality"]["disco"] - r["quality"][key]) for r in runs])
-    by_name = [{point["name"]: point for point in r.get("sweep", [])} for r in runs]
+    by_name = sweep.points_by_name(runs)
     for point, twin in sweep.payload_twins(first.get("sweep", [])):
         pair = [(seed.get(point["name"]), seed.get(twin["name"])) for seed in by_name]
         if all(a is not None and b is not None for a, b in pair):

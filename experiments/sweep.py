@@ -232,12 +232,17 @@ def format_sweep(sweep: list[dict], metric: str, scale: float, label: str,
     return rows
 
 
+def points_by_name(runs: list[dict]) -> list[dict[str, dict]]:
+    """Each report's sweep points by name (none for a report without a sweep)."""
+    return [{point["name"]: point for point in run.get("sweep", [])} for run in runs]
+
+
 def over_seeds(runs: list[dict], metric: str) -> list[dict]:
     """The sweep of several seeds' reports: for each point every seed has,
     its metric and bytes as mean ± std over seeds (:func:`experiments.compare.stats`)."""
     from experiments.compare import stats
 
-    by_name = [{point["name"]: point for point in run.get("sweep", [])} for run in runs]
+    by_name = points_by_name(runs)
     result = []
     for name, first in by_name[0].items():
         points = [seed.get(name) for seed in by_name]

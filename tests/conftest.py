@@ -6,23 +6,26 @@ the top of this file, which pytest imports before any test module.
 """
 
 import os
+import shutil
 import tempfile
-from pathlib import Path
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 # Many tests compile the same programs (the quick runs of one network, a run
 # started again, the processes of a launch): jax's persistent compilation
-# cache compiles each once per machine. Set through the environment, it
-# reaches pytest-xdist's processes and the subprocesses the tests start. JAX
-# keys an entry by the program, the compile options, XLA_FLAGS and its own
-# version; least recently used entries go past 2 GiB (the processes lock the
-# cache: the dev extra's filelock). Your own JAX_COMPILATION_CACHE_DIR wins.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      str(Path(tempfile.gettempdir()) / f"disco_jax-tests-jax-cache-{os.getuid()}"))
+# cache compiles each once per test run. The first process of the run (with
+# pytest-xdist, the controller) makes the cache folder and names it in the
+# environment, so that the test processes and the subprocesses they start
+# share it; it removes it at the end. JAX keys an entry by the program, the
+# compile options, XLA_FLAGS and its own version. Without a size limit jax
+# takes no lock (a lock and a scan of the folder at every entry made the
+# run slower than no cache). Your own JAX_COMPILATION_CACHE_DIR is kept.
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_CACHE = tempfile.mkdtemp(prefix="disco_jax-tests-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
 
 import jax  # noqa: E402
 from hypothesis import HealthCheck, Phase, settings  # noqa: E402
@@ -40,3 +43,8 @@ settings.register_profile(
 settings.register_profile("disco-ci", parent=settings.get_profile("disco"), derandomize=True,
                           database=None)
 settings.load_profile("disco-ci" if os.environ.get("CI") else "disco")
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
