@@ -533,7 +533,7 @@ def distributed_check(model, plan, mesh, test, task, batch: int = 500, *,
     return result | {f"reference_{metric}": check["reference_metrics"][metric]} | {
         key: check[key] for key in ("reference_metrics", "versus_reference", "positions",
                                     "prediction_mismatches",
-                                    "mismatches_that_are_ties", "max_abs_diff",
+                                    "mismatches_that_are_ties", "tie_tolerance", "max_abs_diff",
                                     "max_abs_reference", "hlo_bytes_per_sample",
                                     "hlo_flops_per_sample", "other_collectives")}
 

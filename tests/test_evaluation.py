@@ -60,3 +60,20 @@ def test_segmentation_on_the_mesh_agrees_with_one_device_pixel_by_pixel():
         assert value == pytest.approx(check["reference_metrics"][name], abs=1e-3), name
     assert check["max_abs_diff"] <= 1e-4 * check["max_abs_reference"]
     assert check["other_collectives"] == []
+
+
+def test_ties_are_judged_at_the_plans_loosest_payload():
+    from disco_jax.evaluation import tie_tolerance
+    from disco_jax.payload import reference_tolerance
+
+    model = TinyNet(2, 1)
+    assert tie_tolerance(dj.compile_plan(model)) == reference_tolerance("float32") == 1e-4
+    dj.set_payload_dtype(model, "int8")  # a value on a rounding boundary may round apart
+    plan = dj.compile_plan(model)
+    assert tie_tolerance(plan) == reference_tolerance("int8") == 1 / 127
+    rng = np.random.default_rng(2)
+    split = Split(rng.normal(size=(4, 12, 12, 1)).astype(np.float32),
+                  rng.integers(0, 8, 4).astype(np.int32))
+    check = mesh_check(model, plan, dj.make_mesh(2), split, Classification(8), batch=4)
+    assert check["tie_tolerance"] == 1 / 127
+    assert check["prediction_mismatches"] == check["mismatches_that_are_ties"]

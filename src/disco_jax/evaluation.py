@@ -55,6 +55,19 @@ def _host(tree):
     return jax.tree.map(np.asarray, tree)
 
 
+def tie_tolerance(plan) -> float:
+    """How far apart (relative to the largest reference output) two outputs
+    may be for a prediction that differs between the mesh and the reference
+    to count as a float tie: the plan's loosest payload's
+    :func:`~disco_jax.payload.reference_tolerance` (1e-4 when every layer
+    sends float32; one int8 step, 1/127, when one sends int8: a value on a
+    rounding boundary can round apart in the two forms)."""
+    from disco_jax.payload import reference_tolerance
+
+    return max((reference_tolerance(layer.payload) for layer in plan.values()),
+               default=reference_tolerance("float32"))
+
+
 def mesh_check(model, plan, mesh, split, task: Task | int, *, batch: int = 500,
                reference: bool = True) -> dict:
     """Runs ``model``'s inference form (``plan``) on ``mesh`` over ``split``.
@@ -64,7 +77,8 @@ def mesh_check(model, plan, mesh, split, task: Task | int, *, batch: int = 500,
       ``batch``, ``mesh_seconds`` (the mesh's calls, transfers included);
       with ``reference``: ``reference_metrics`` (the training form on one
       device), ``positions`` (predictions compared: images, or pixels),
-      ``prediction_mismatches``, ``mismatches_that_are_ties``,
+      ``prediction_mismatches``, ``mismatches_that_are_ties`` (within
+      :func:`tie_tolerance` of the plan, ``tie_tolerance``),
       ``max_abs_diff``, ``max_abs_reference``, ``versus_reference`` (the
       task's own measures of the two, :meth:`~disco_jax.tasks.Task.versus_reference`),
       ``hlo_bytes_per_sample``,
@@ -78,6 +92,7 @@ def mesh_check(model, plan, mesh, split, task: Task | int, *, batch: int = 500,
     import disco_jax as dj
 
     task = as_task(task)
+    tie = tie_tolerance(plan)
     batch = min(batch, len(split))
     distributed = dj.DistributedModel(model, mesh, plan, output_rank=task.output_rank,
                                       output_channels=task.output_channels)
@@ -103,7 +118,7 @@ def mesh_check(model, plan, mesh, split, task: Task | int, *, batch: int = 500,
                                    in zip(jax.tree.leaves(outputs), jax.tree.leaves(ref),
                                           strict=True)))
         max_ref = max(max_ref, *(float(np.max(np.abs(r))) for r in jax.tree.leaves(ref)))
-        counts = task.agreement(outputs, ref, 1e-4 * max(max_ref, 1.0))
+        counts = task.agreement(outputs, ref, tie * max(max_ref, 1.0))
         positions, mismatches, ties = (a + b for a, b in
                                        zip((positions, mismatches, ties), counts, strict=True))
     model.train()
@@ -116,7 +131,7 @@ def mesh_check(model, plan, mesh, split, task: Task | int, *, batch: int = 500,
         "reference_metrics": task.metrics(reference_total),
         "versus_reference": task.versus_reference(total, reference_total),
         "positions": positions, "prediction_mismatches": mismatches,
-        "mismatches_that_are_ties": ties,
+        "mismatches_that_are_ties": ties, "tie_tolerance": tie,
         "max_abs_diff": max_diff, "max_abs_reference": max_ref,
         "hlo_bytes_per_sample": dj.hlo_comm_bytes(hlo) / batch,
         "hlo_flops_per_sample": dj.hlo_flops(compiled) / batch,
