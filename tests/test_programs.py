@@ -43,3 +43,17 @@ def test_programs_of_other_shapes_are_kept_apart(tmp_path):
     fn = jax.jit(lambda a: a.sum())
     keys = {programs.program_key(fn.lower(jnp.ones(n))) for n in (3, 4)}
     assert len(keys) == 2
+
+
+def test_a_program_kept_while_jax_caches_compilations_runs_after_loading(tmp_path):
+    # the suite runs with jax's persistent compilation cache (tests/conftest.py)
+    assert jax.config.jax_compilation_cache_dir
+    model = TinyNet(2, 2, seed=3)
+    model.eval()
+    x = jax.random.normal(jax.random.key(1), (2, 12, 12, 1))
+    expected = dj.DistributedModel(model, dj.make_mesh(2))(x)  # now in jax's cache
+    dj.DistributedModel(model, dj.make_mesh(2), program_cache=tmp_path).compile(x)
+    loaded = dj.DistributedModel(model, dj.make_mesh(2), program_cache=tmp_path)
+    compiled = loaded.compile(x)  # read from tmp_path: it must hold XLA's whole program
+    chex.assert_trees_all_equal(loaded.outputs(compiled(*loaded.inputs(x))), expected)
+    assert jax.config.jax_enable_compilation_cache  # on again after the kept program

@@ -43,6 +43,26 @@ def program_key(lowered: jax.stages.Lowered, devices: Sequence | None = None) ->
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
+def compiled_by_xla(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
+    """``lowered.compile()`` by XLA's compiler, never read from jax's persistent
+    compilation cache (``jax_compilation_cache_dir``): an XLA:CPU executable
+    read from that cache serializes without its code, and the program kept
+    from it fails when run after loading ("NOT_FOUND: Function ... not
+    found"; jax 0.10). The cache is turned off for this one compilation and
+    on again after it."""
+    if jax.config.jax_compilation_cache_dir is None or not jax.config.jax_enable_compilation_cache:
+        return lowered.compile()
+    from jax.experimental.compilation_cache import compilation_cache
+
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()  # jax decides once whether it uses the cache
+    try:
+        return lowered.compile()
+    finally:
+        jax.config.update("jax_enable_compilation_cache", True)
+        compilation_cache.reset_cache()
+
+
 def load_or_compile(lowered: jax.stages.Lowered, folder: str | os.PathLike | None,
                     devices: Sequence | None = None) -> jax.stages.Compiled:
     """``lowered`` compiled for ``devices`` (in the mesh's order; default all):
@@ -60,7 +80,7 @@ def load_or_compile(lowered: jax.stages.Lowered, folder: str | os.PathLike | Non
                                         execution_devices=devices)
         except Exception:  # noqa: BLE001 - damaged or from another jaxlib: compile again
             pass
-    compiled = lowered.compile()
+    compiled = compiled_by_xla(lowered)
     payload, _, _ = serialize(compiled)
     folder.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
