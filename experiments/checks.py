@@ -55,6 +55,8 @@ def _arrays_digest(digest, tree) -> None:
     import jax
 
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)  # an Rngs stream's key: its bits
         value = np.ascontiguousarray(np.asarray(leaf))
         digest.update(f"{jax.tree_util.keystr(path)} {value.dtype} {value.shape}\n".encode())
         digest.update(value.tobytes())

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from flax import nnx
 from helpers import TinyNet
 
 import disco_jax as dj
@@ -39,6 +40,8 @@ def test_the_key_changes_with_the_model_the_plan_the_test_set_and_the_settings(c
     assert _key(model, dj.compile_plan(other), split) != key  # another plan
     model.stem_bn.mean[...] = model.stem_bn.mean[...] + 1e-3  # state outside the plan
     assert _key(model, plan, split) != key
+    model.rngs = nnx.Rngs(dropout=0)  # a key in the state (a model with dropout has one)
+    assert _key(model, plan, split) == _key(model, plan, split)
 
 
 def test_a_kept_check_is_read_back_only_when_it_covers_what_is_asked(tmp_path):
