@@ -374,7 +374,7 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
         if variant == "learned" and schedule.allocation == "learned":
             sent = payload_of_variant(variant, payload)
             share = allocate(dense, images, ratio_bytes(dense, images, comm_ratio, sent),
-                             payload=sent)
+                             payload=sent, labels=labels, task=task)
         choose = choose_directions(
             "random_directions" if variant == "random_directions" else "reduced_rank",
             share, seed)

@@ -23,6 +23,7 @@ def _dense(nodes=2, seed=0):
 
 
 IMAGES = jax.random.normal(jax.random.key(1), (32, 12, 12, 1))
+LABELS = jax.random.randint(jax.random.key(2), (32,), 0, 8)
 
 
 def _sent(model, ks, payload):
@@ -37,7 +38,7 @@ def _sent(model, ks, payload):
 def test_the_allocation_spends_the_budget_up_to_one_direction_per_layer(payload, ratio):
     dense = _dense()
     total = budget.ratio_bytes(dense, IMAGES, ratio, payload)
-    ks = budget.allocate(dense, IMAGES, total, payload=payload)
+    ks = budget.allocate(dense, IMAGES, total, payload=payload, labels=LABELS)
     layers = dj.disco_layers(dense)
     assert set(ks) == {"conv1", "down", "proj", "head"}  # not the stem: nothing travels
     assert all(0 <= k <= layers[name].spec.group_in for name, k in ks.items())
@@ -64,8 +65,23 @@ def test_a_layer_whose_directions_carry_nothing_gets_no_bytes():
     others = budget.direction_values(dense.down, dense_inputs(dense)["down"])
     assert np.all(others >= 0) and np.all(np.diff(others) <= 1e-12) and others[0] > 0
     assert others.sum() <= 1.0 + 1e-9  # a share of the layer's output energy
-    ks = budget.allocate(dense, IMAGES, budget.ratio_bytes(dense, IMAGES, 0.5))
+    ks = budget.allocate(dense, IMAGES, budget.ratio_bytes(dense, IMAGES, 0.5), labels=LABELS)
     assert ks["conv1"] == 0 and ks["down"] > 2  # its bytes went where they buy something
+
+
+def test_the_loss_weighs_the_layers_a_layer_it_cannot_see_gets_no_bytes():
+    """conv1's output reaches the loss only through bn1: with bn1's scale 0 the
+    loss does not see it. Its directions still carry its own output's energy
+    (the energy value buys some), but their Fisher weight is 0."""
+    dense = _dense()
+    dense.bn1.scale[...] = jnp.zeros_like(dense.bn1.scale[...])
+    total = budget.ratio_bytes(dense, IMAGES, 0.5)
+    by_energy = budget.allocate(dense, IMAGES, total, value="energy")
+    by_loss = budget.allocate(dense, IMAGES, total, labels=LABELS)
+    weights = budget.loss_weights(dense, IMAGES, LABELS)
+    assert weights["conv1"] == 0.0 and all(weights[n] > 0 for n in ("down", "proj", "head"))
+    assert by_energy["conv1"] > 0 and by_loss["conv1"] == 0
+    assert sum(_sent(dense, by_loss, "float32").values()) <= total
 
 
 def dense_inputs(model):
@@ -76,7 +92,7 @@ def dense_inputs(model):
 
 def test_an_allocated_network_runs_on_the_mesh_as_on_one_device():
     dense = _dense()
-    ks = budget.allocate(dense, IMAGES, budget.ratio_bytes(dense, IMAGES, 0.25))
+    ks = budget.allocate(dense, IMAGES, budget.ratio_bytes(dense, IMAGES, 0.25), labels=LABELS)
     model = nnx.clone(dense)
     refit(model, dense, IMAGES, choose=reduced_rank(ks), inputs="dense")
     plan = dj.compile_plan(model)
@@ -93,9 +109,14 @@ def test_a_budget_outside_what_the_network_can_send_is_refused():
     for bad in (-1, full + 1):
         with pytest.raises(dj.ConfigError, match=r"allocate: a budget of .* bytes per image is "
                                                   r"outside \[0, "):
-            budget.allocate(dense, IMAGES, bad)
+            budget.allocate(dense, IMAGES, bad, labels=LABELS)
     with pytest.raises(dj.ConfigError, match="allocate: the model has no DISCO layer"):
-        budget.allocate(_dense(nodes=1), IMAGES, 0)
+        budget.allocate(_dense(nodes=1), IMAGES, 0, labels=LABELS)
+    with pytest.raises(dj.ConfigError, match="value='fisher' weighs each layer by the loss .* "
+                                             "needs their labels"):
+        budget.allocate(dense, IMAGES, 0)
+    with pytest.raises(dj.ConfigError, match="allocate: unknown value 'norm'; expected one of"):
+        budget.allocate(dense, IMAGES, 0, value="norm")
     with pytest.raises(dj.ConfigError, match="the allocation gives no k for this layer"):
         refit(nnx.clone(dense), dense, IMAGES, choose=reduced_rank({"conv1": 1}), inputs="dense")
 
