@@ -285,6 +285,10 @@ def payload_of_variant(variant: str, payload: str) -> str:
     return "float32" if variant in ("dense_split", "no_comm") else payload
 
 
+ALLOCATION_VALUE = "fisher"
+"""How ``allocation="learned"`` compares directions of different layers
+(:func:`disco_jax.budget.allocate`'s ``value``; reported in the recipe)."""
+
 AT_BUDGET = "at_budget.json"
 """In a variant's checkpoint folder: its metric at the budget, before fine-tuning."""
 
@@ -374,7 +378,7 @@ def train_variant(dense, variant: str, comm_ratio: float, schedule: Schedule, se
         if variant == "learned" and schedule.allocation == "learned":
             sent = payload_of_variant(variant, payload)
             share = allocate(dense, images, ratio_bytes(dense, images, comm_ratio, sent),
-                             payload=sent, labels=labels, task=task)
+                             payload=sent, labels=labels, task=task, value=ALLOCATION_VALUE)
         choose = choose_directions(
             "random_directions" if variant == "random_directions" else "reduced_rank",
             share, seed)

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from experiments.compare import ALLOCATIONS, RECIPE, STRAIGHT_THROUGH
+from experiments.compare import ALLOCATION_VALUE, ALLOCATIONS, RECIPE, STRAIGHT_THROUGH
 from experiments.sweep import (
     DEFAULT_SERIES,
     SERIES,
@@ -477,6 +477,10 @@ def run(network: Network, args) -> dict:
                      "calibration_images": schedule.calibration_images,
                      "refit_inputs": schedule.refit_inputs, "distill": schedule.distill,
                      "allocation": schedule.allocation,
+                     **({"allocation_value": ALLOCATION_VALUE}  # the run's or a series'
+                        if "learned" in {s.allocation for s in (schedule,
+                                                                *series_schedules.values())}
+                        else {}),
                      "distill_temperature": schedule.distill_temperature}
                   | network.recipe,
         "comm_bytes_per_sample": {"dense_split": totals["dense_split"].comm_bytes,
@@ -599,6 +603,13 @@ def amount(value: float, unit: str) -> str:
     return f"{value:.1f} point" if unit == "points" else f"{value:g} {unit}"
 
 
+_VALUED = {"fisher": "a direction's share of its layer's output, weighted by the layer's "
+                     "Fisher information",
+           "energy": "a direction's share of its layer's output energy"}
+"""The report's words for each value of :func:`disco_jax.budget.allocate`
+(a report from before ``allocation_value`` was recorded: ``"energy"``)."""
+
+
 def _masks_line(recipe: dict, steps: dict) -> list[str]:
     """How the masks were chosen, when it is not the pruning schedule alone."""
     basis, refit = recipe.get("basis", "channels"), recipe.get("refit", "none")
@@ -612,8 +623,9 @@ def _masks_line(recipe: dict, steps: dict) -> list[str]:
     if basis == "directions":
         line = ("masks: DISCO sends, per node pair and layer, the k reduced-rank directions "
                 "of the sender's channels, set at once"
-                + ("; its k per layer shares the uniform ratio's bytes out by what each "
-                   "byte buys" if recipe.get("allocation") == "learned" else ""))
+                + (f"; its k per layer shares the uniform ratio's bytes out by what each "
+                   f"byte buys ({_VALUED[recipe.get('allocation_value', 'energy')]})"
+                   if recipe.get("allocation") == "learned" else ""))
     else:
         line = (f"masks: learned ones by {recipe['importance']}"
                 + (" in the network's principal basis" if basis == "principal" else "")

@@ -154,6 +154,7 @@ def test_a_sweep_of_every_series_in_int8_spends_equal_bytes_and_verifies(quick_r
     # the learned allocation spends the uniform ratio's bytes, short by < one direction a layer
     assert allocated["budget"]["budget"] == learned["bytes_per_image"]
     assert allocated["budget"]["exact"]
+    assert report["recipe"]["allocation_value"] == "fisher"  # the layers weighed by the loss
     assert allocated["budget"]["budget"] - allocated["budget"]["slack"] < \
         allocated["bytes_per_image"] <= learned["bytes_per_image"]
     # int8: a quarter of float32's bytes at the same rho, plus a 2-byte scale per channel
