@@ -115,6 +115,8 @@ def test_a_budget_outside_what_the_network_can_send_is_refused():
     with pytest.raises(dj.ConfigError, match="value='fisher' weighs each layer by the loss .* "
                                              "needs their labels"):
         budget.allocate(dense, IMAGES, 0)
+    with pytest.raises(dj.ConfigError, match="allocate: 31 labels for 32 calibration images"):
+        budget.allocate(dense, IMAGES, 0, labels=LABELS[:31])
     with pytest.raises(dj.ConfigError, match="allocate: unknown value 'norm'; expected one of"):
         budget.allocate(dense, IMAGES, 0, value="norm")
     with pytest.raises(dj.ConfigError, match="the allocation gives no k for this layer"):

@@ -196,7 +196,8 @@ def allocate(dense: nnx.Module, images, budget_bytes: float, *, payload: str = "
     Raises:
       ConfigError: the budget is negative or larger than the dense split's
         bytes (every layer at full width), the model has no layer to share
-        it among, ``value`` is unknown, or ``"fisher"`` has no labels.
+        it among, ``value`` is unknown, or ``"fisher"`` has no labels (or
+        not one per image).
     """
     payload = payload_of(payload)
     if value not in VALUES:
@@ -206,6 +207,9 @@ def allocate(dense: nnx.Module, images, budget_bytes: float, *, payload: str = "
                           "calibration images, so it needs their labels (labels=..., and "
                           "task=... unless it is classification); give them, or "
                           "value='energy'")
+    if value == "fisher" and len(labels) != len(images):
+        raise ConfigError(f"allocate: {len(labels)} labels for {len(images)} calibration "
+                          "images; give one label (target) per image")
     model = nnx.clone(dense)
     model.eval()
     layers = _shared_layers(model)
