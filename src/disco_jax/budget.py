@@ -56,8 +56,10 @@ from disco_jax.refit import RIDGE, _read_inputs
 
 #: How :func:`allocate` compares directions of different layers (module docstring).
 VALUES = ("fisher", "energy")
-#: Images per batch of per-image gradients in :func:`loss_weights`.
-FISHER_BATCH = 128
+#: Images per batch of per-image gradients in :func:`loss_weights` (a batch holds
+#: one backward pass per image; the main job's allocation with 128 was killed for
+#: memory at 9.8 GB, next to two other runs, on a 24 GB machine).
+FISHER_BATCH = 32
 
 
 def _rows_and_blocks(layer, x):
