@@ -85,11 +85,15 @@ def _pairs(n: int):
     return [(i, j) for i in range(n) for j in range(n) if i != j]
 
 
-def direction_values(layer, x, *, ridge: float = RIDGE) -> np.ndarray:
-    """``f64[C_in/N]``: the share of each rank r of ``layer``'s directions on
-    input ``x`` (``[B, ..., C_in]``, as the layer reads it): summed over the
-    ordered node pairs, the output energy its r-th reduced-rank direction
-    carries, as a fraction of the layer's output energy."""
+def _carried(rows, blocks, spec) -> float:
+    """Output energy per row that the other nodes' channels carry, over the ordered pairs."""
+    g = spec.group_in
+    return sum(float(np.sum((rows[:, j * g:(j + 1) * g] @ _pair_weights(blocks, i, j)) ** 2))
+               for i, j in _pairs(spec.nodes)) / len(rows)
+
+
+def _shares(layer, x, ridge: float) -> tuple[np.ndarray, float]:
+    """:func:`direction_values` and :func:`received_share` from one reading of the layer."""
     spec = layer.spec
     rows, blocks, energy = _rows_and_blocks(layer, x)
     values = np.zeros(spec.group_in)
@@ -97,48 +101,58 @@ def direction_values(layer, x, *, ridge: float = RIDGE) -> np.ndarray:
         _, singular = unpredictable_directions(rows, i, j, spec.group_in,
                                                _pair_weights(blocks, i, j), ridge)
         values[:len(singular)] += singular ** 2
-    return values / max(energy, 1e-30)
+    scale = max(energy, 1e-30)
+    return values / scale, _carried(rows, blocks, spec) / scale
+
+
+def direction_values(layer, x, *, ridge: float = RIDGE) -> np.ndarray:
+    """``f64[C_in/N]``: the share of each rank r of ``layer``'s directions on
+    input ``x`` (``[B, ..., C_in]``, as the layer reads it): summed over the
+    ordered node pairs, the output energy its r-th reduced-rank direction
+    carries, as a fraction of the layer's output energy."""
+    return _shares(layer, x, ridge)[0]
 
 
 def received_share(layer, x) -> float:
     """The share of ``layer``'s output energy on input ``x`` (measured as
     :func:`direction_values` measures it) that the other nodes' channels
     carry, summed over the ordered node pairs."""
-    spec = layer.spec
     rows, blocks, energy = _rows_and_blocks(layer, x)
-    g = spec.group_in
-    carried = sum(float(np.sum((rows[:, j * g:(j + 1) * g] @ _pair_weights(blocks, i, j)) ** 2))
-                  for i, j in _pairs(spec.nodes))
-    return carried / len(rows) / max(energy, 1e-30)
+    return _carried(rows, blocks, layer.spec) / max(energy, 1e-30)
 
 
-def loss_weights(dense: nnx.Module, images, labels, task=None, *,
-                 inputs: dict | None = None) -> dict[str, float]:
+def _received_fisher(model, layers: dict, images, labels, task) -> dict[str, float]:
+    """Per layer of ``layers`` (of ``model``, in eval mode): the Fisher
+    information of its received mask entries, summed over the channels and
+    the ordered pairs (:func:`loss_weights`)."""
+    from disco_jax.sparsify import mask_fisher
+
+    images, labels = jnp.asarray(images), jnp.asarray(labels)
+    fisher = dict.fromkeys(layers, 0.0)
+    for begin in range(0, len(images), FISHER_BATCH):
+        part = mask_fisher(model, images[begin:begin + FISHER_BATCH],
+                           labels[begin:begin + FISHER_BATCH], task)
+        count = len(images[begin:begin + FISHER_BATCH])
+        for name, layer in layers.items():
+            mask = np.asarray(part[name], np.float64)
+            fisher[name] += count * sum(float(mask[i, j].sum())
+                                        for i, j in _pairs(layer.spec.nodes))
+    return {name: total / len(images) for name, total in fisher.items()}
+
+
+def loss_weights(dense: nnx.Module, images, labels, task=None) -> dict[str, float]:
     """Each DISCO layer's weight in units of the loss per share of its output
     energy (module docstring): the Fisher information of its received
     channels (:func:`disco_jax.sparsify.mask_fisher` on ``images`` and
     ``labels`` for ``task``, default classification into the model's classes;
     summed over the channels and the ordered pairs) over the share of its
-    output energy they carry (:func:`received_share`). ``inputs``: the
-    layers' inputs on ``images`` if already read."""
-    from disco_jax.sparsify import mask_fisher
-
+    output energy they carry (:func:`received_share`)."""
     model = nnx.clone(dense)
     model.eval()
     layers = _shared_layers(model)
-    if inputs is None:
-        inputs = _read_inputs(model, images, set(layers))
-    images, labels = jnp.asarray(images), jnp.asarray(labels)
-    fisher = dict.fromkeys(inputs, 0.0)
-    for begin in range(0, len(images), FISHER_BATCH):
-        part = mask_fisher(model, images[begin:begin + FISHER_BATCH],
-                           labels[begin:begin + FISHER_BATCH], task)
-        count = len(images[begin:begin + FISHER_BATCH])
-        for name in inputs:
-            mask = np.asarray(part[name], np.float64)
-            fisher[name] += count * sum(float(mask[i, j].sum())
-                                        for i, j in _pairs(layers[name].spec.nodes))
-    return {name: fisher[name] / len(images) / max(received_share(layers[name], x), 1e-30)
+    inputs = _read_inputs(model, images, set(layers))
+    fisher = _received_fisher(model, layers, images, labels, task)
+    return {name: fisher[name] / max(received_share(layers[name], x), 1e-30)
             for name, x in inputs.items()}
 
 
@@ -227,10 +241,13 @@ def allocate(dense: nnx.Module, images, budget_bytes: float, *, payload: str = "
             f"allocate: a budget of {budget_bytes:,.0f} bytes per image is outside [0, "
             f"{full:,}] (0: no layer sends anything; {full:,}: every layer sends all its "
             f"channels as {payload}, the dense split's traffic); give one in that range")
-    shares = {name: direction_values(layers[name], x, ridge=ridge)
-              for name, x in inputs.items()}
-    weights = (loss_weights(model, images, labels, task, inputs=inputs)
-               if value == "fisher" else dict.fromkeys(inputs, 1.0))
+    measured = {name: _shares(layers[name], x, ridge) for name, x in inputs.items()}
+    shares = {name: values for name, (values, _) in measured.items()}
+    weights = dict.fromkeys(inputs, 1.0)
+    if value == "fisher":
+        fisher = _received_fisher(model, layers, images, labels, task)
+        weights = {name: fisher[name] / max(received, 1e-30)
+                   for name, (_, received) in measured.items()}
     ks = dict.fromkeys(inputs, 0)
     spent = 0
     heap = []
