@@ -87,25 +87,13 @@ def test_sweep_and_plots(quick_run):
             assert png.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.slow
-def test_init_loads_the_dense_model_instead_of_training_it(quick_run, tmp_path):
-    _, report, folder = quick_run
-    code = resnet50.main(["--quick", "--mesh", "2", "--init", str(folder / "run" / "dense"),
-                          "--out", str(tmp_path / "run"), "--report", str(tmp_path / "r.json")])
-    assert code == 0
-    again = json.loads((tmp_path / "r.json").read_text())
-    assert again["steps_per_variant"]["dense"] is None
-    assert again["steps_per_variant"]["init_step"] == 5
-    assert not (tmp_path / "run" / "dense").exists()
-    # same dense weights, same seeds: the same variants
-    assert again["quality"] == report["quality"]
-
-
 @pytest.fixture(scope="module")
 def series_run(quick_run, tmp_path_factory):
     """The quick run started again in its folder (its variants resume from their
-    checkpoints) with a sweep of the three series in int8 at rho 0.5: exit code,
-    report, folder and how many models it refitted and checked on the mesh."""
+    checkpoints) with a sweep of two series in int8 at rho 0.5, random masks and
+    the learned allocation at their bytes (DISCO at the uniform ratio: the quick
+    run's float32 sweep): exit code, report, folder and how many models it
+    refitted and checked on the mesh."""
     from disco_jax import evaluation, refit
 
     _, _, folder = quick_run
@@ -124,7 +112,7 @@ def series_run(quick_run, tmp_path_factory):
         for module, name in ((refit, "refit"), (evaluation, "mesh_check")):
             patch.setattr(module, name, counted(module, name))
         code = resnet50.main(["--quick", "--mesh", "2", "--sweep", "0.5", "--sweep-series",
-                              "allocated,learned,random", "--sweep-payloads", "int8", "--out",
+                              "allocated,random", "--sweep-payloads", "int8", "--out",
                               str(folder / "run"), "--report", str(path)])
     return code, json.loads(path.read_text()), folder, calls
 
@@ -138,28 +126,27 @@ def test_a_run_started_again_resumes_from_its_checkpoints(quick_run, series_run)
     assert again["quality_at_budget"] == report["quality_at_budget"]
     assert again["max_abs_diff_vs_reference"] == report["max_abs_diff_vs_reference"]
     # the variants load their last checkpoints and their mesh checks: only the
-    # three new points are refitted and checked
-    assert calls == {"refit": 3, "mesh_check": 3}
+    # two new points are refitted and checked
+    assert calls == {"refit": 2, "mesh_check": 2}
     assert again["distributed"] == report["distributed"]  # checked_at included
 
 
 @pytest.mark.slow
-def test_a_sweep_of_every_series_in_int8_spends_equal_bytes_and_verifies(quick_run, series_run):
+def test_an_int8_sweep_allocates_the_uniform_ratios_bytes_and_verifies(quick_run, series_run):
     _, report, _, _ = series_run
     points = {point["series"]: point for point in report["sweep"]}
-    assert sorted(points) == ["allocated", "learned", "random"]
+    assert sorted(points) == ["allocated", "random"]
     assert all(p["payload_dtype"] == "int8" and p["verified"] for p in points.values())
-    learned, allocated = points["learned"], points["allocated"]
-    assert learned["bytes_per_image"] == points["random"]["bytes_per_image"]
+    uniform, allocated = points["random"], points["allocated"]
     # the learned allocation spends the uniform ratio's bytes, short by < one direction a layer
-    assert allocated["budget"]["budget"] == learned["bytes_per_image"]
+    assert allocated["budget"]["budget"] == uniform["bytes_per_image"]
     assert allocated["budget"]["exact"]
     assert report["recipe"]["allocation_value"] == "fisher"  # the layers weighed by the loss
     assert allocated["budget"]["budget"] - allocated["budget"]["slack"] < \
-        allocated["bytes_per_image"] <= learned["bytes_per_image"]
+        allocated["bytes_per_image"] <= uniform["bytes_per_image"]
     # int8: a quarter of float32's bytes at the same rho, plus a 2-byte scale per channel
     float32 = next(p for p in quick_run[1]["sweep"] if p["comm_ratio"] == 0.5)
-    assert float32["bytes_per_image"] / 4 < learned["bytes_per_image"] < \
+    assert float32["bytes_per_image"] / 4 < uniform["bytes_per_image"] < \
         float32["bytes_per_image"] / 3
     assert resnet50.verified(report)
 
@@ -186,8 +173,10 @@ def test_a_sweep_point_exports_and_runs_as_the_report_says(series_run, tmp_path,
 @pytest.mark.slow
 @pytest.mark.parametrize("mesh", [8])  # 4 nodes: whole networks in tests/test_models.py
 def test_quick_run_completes_on_larger_meshes(mesh, tmp_path):
-    """On 8 nodes with the earlier default (gradual pruning of channels, no refit)."""
-    code = resnet50.main(["--quick", "--mesh", str(mesh), "--prune-steps", "3", "--refit",
+    """On 8 nodes with the earlier default (gradual pruning of channels, no refit);
+    ResNet-18 (ResNet-50 traces 2.5x the layers, the same code)."""
+    code = resnet50.main(["--quick", "--mesh", str(mesh), "--model", "resnet18",
+                          "--prune-steps", "3", "--refit",
                           "none", "--basis", "channels", "--out", str(tmp_path / "run"),
                           "--report", str(tmp_path / "report.json")])
     assert code == 0
@@ -415,6 +404,22 @@ def test_runs_made_apart_summarise_to_the_same_report(directions_run, tmp_path):
     assert seeds.main([*runs, "--report", str(tmp_path / "again.json")]) == 0
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["paired"] == report["paired"] and again["targets"] == report["targets"]
+
+
+@pytest.mark.slow
+def test_init_loads_the_dense_model_instead_of_training_it(directions_run, tmp_path):
+    """Seed 0 of the ResNet-18 run again, its dense model loaded with --init."""
+    _, report, folder = directions_run
+    code = resnet50.main(["--quick", "--mesh", "2", "--model", "resnet18", "--init",
+                          str(folder / "run" / "seed-0" / "dense"), "--out", str(tmp_path / "run"),
+                          "--report", str(tmp_path / "r.json")])
+    assert code == 0
+    again = json.loads((tmp_path / "r.json").read_text())
+    assert again["steps_per_variant"]["dense"] is None
+    assert again["steps_per_variant"]["init_step"] == 5
+    assert not (tmp_path / "run" / "dense").exists()
+    # same dense weights, same seeds: the same variants
+    assert again["quality"] == report["per_seed"][0]["quality"]
 
 
 def test_directions_without_the_refit_are_refused(tmp_path, capsys):
