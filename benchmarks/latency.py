@@ -7,7 +7,10 @@ Run by :mod:`benchmarks.network` through the launcher, one process per node:
 
 Every node builds the same network (random weights: latency does not depend on
 what the weights learned) in two forms, the dense split (every channel
-travels, float32) and DISCO (random exact masks at ``--comm-ratio``), DISCO
+travels, float32) and DISCO (random exact masks at ``--comm-ratio``; or, with
+``--budgets PLAN``, a trained plan's k per layer, each read in k random
+directions as the trained model sends directions: its exchanges are the
+plan's, layers that send nothing exchange nothing), DISCO
 once per payload of ``--payloads`` (``disco`` sends float32, ``disco_int8``
 the same channels as int8 with their scales, ...), compiles them all as
 :class:`disco_jax.DistributedModel` programs for each batch size, and times
@@ -41,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--comm-ratio", type=float, default=0.2)
+    parser.add_argument("--budgets", type=Path,
+                        help="a trained model's report (JSON) or plan folder: DISCO sends "
+                             "its k per layer instead of --comm-ratio's")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
                         help="what the nodes' products compute in")
@@ -99,6 +105,68 @@ def shape_loopback(rate: str) -> None:
                         "burst", str(burst), "latency", "100ms"], check=True)
 
 
+def plan_budgets(path: Path, model) -> dict[str, int]:
+    """``{layer name: k}`` of a trained model, for ``model``: from a run's
+    report (its ``layers``, e.g. ``results/resnet50_n2_int8_r01_fisher.json``)
+    or its plan folder. Every layer of ``model`` that reads the other nodes'
+    channels must be there with the same nodes and input channels (the outputs
+    may differ: the benchmark's classifier has 1000 classes, a trained model's
+    its dataset's).
+
+    Raises:
+      ConfigError: the budgets are of another network or node count (names the
+        layer), or ``path`` is a JSON file that is not a run's report.
+      PlanError: ``path`` is a folder that holds no readable plan.
+    """
+    from disco_jax import load_plan
+    from disco_jax.errors import ConfigError
+    from disco_jax.layers import disco_layers
+
+    if path.suffix == ".json":
+        try:
+            report = json.loads(path.read_text())
+            layers = {entry["name"]: (entry["k"], report["nodes"], entry["input_shape"][-1])
+                      for entry in report["layers"]}
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+            raise ConfigError(f"--budgets {path}: not a run's report with its layers' k "
+                              f"({type(err).__name__}: {err}); pass a report an experiment "
+                              "wrote, or a plan folder") from None
+    else:
+        layers = {name: (layer.k, layer.spec.nodes, layer.spec.c_in)
+                  for name, layer in load_plan(path).items()}
+    budgets = {}
+    for name, layer in sorted(disco_layers(model).items()):
+        spec = layer.spec
+        if not spec.split_input:
+            continue
+        if name not in layers:
+            raise ConfigError(f"--budgets {path}: it has no layer {name}; it is of another "
+                              f"network (its layers: {', '.join(list(layers)[:3])}, ...)")
+        k, nodes, c_in = layers[name]
+        if (nodes, c_in) != (spec.nodes, spec.c_in):
+            raise ConfigError(f"--budgets {path}: {name} reads {c_in} channels over {nodes} "
+                              f"nodes there, {spec.c_in} over {spec.nodes} here: pass the "
+                              "budgets of this network and node count")
+        budgets[name] = k
+    return budgets
+
+
+def set_budgets(model, budgets: dict[str, int], seed: int = 1) -> None:
+    """Every layer of ``budgets`` reads its k random directions of the other
+    nodes' channels (:func:`disco_jax.projections.random_directions`): the
+    trained model's exchanges and send projections, random weights."""
+    import numpy as np
+
+    from disco_jax.layers import disco_layers
+    from disco_jax.projections import random_directions
+
+    choose = random_directions(budgets, seed)
+    rows = np.random.default_rng(seed)
+    for name, layer in sorted(disco_layers(model).items()):
+        if name in budgets:  # the input only scales the directions
+            choose(name, layer, rows.standard_normal((64, layer.spec.c_in)), None)
+
+
 def timed(fn, repeats: int) -> dict:
     fn()  # warm-up
     times = []
@@ -111,9 +179,10 @@ def timed(fn, repeats: int) -> dict:
 
 
 def compile_variants(args, nodes: int, mesh):
-    """The dense split and DISCO (random exact masks at ``args.comm_ratio``,
-    one program per payload of ``args.payloads``, default float32:
-    :func:`disco_variant`) of ``args.model`` (random weights), compiled for
+    """The dense split and DISCO (random exact masks at ``args.comm_ratio``, or
+    ``args.budgets``'s k per layer in random directions; one program per payload
+    of ``args.payloads``, default float32: :func:`disco_variant`) of
+    ``args.model`` (random weights), compiled for
     every batch: returns ``(programs, costs)`` with ``programs[variant, batch]
     = (compiled, inputs, {"messages", "hlo_bytes"})`` and ``costs[variant]``
     the plan's per-node cost."""
@@ -132,9 +201,14 @@ def compile_variants(args, nodes: int, mesh):
     model.eval()
     dj.set_compute_dtype(model, args.compute_dtype)
     forms = {"dense_split": model}
+    path = getattr(args, "budgets", None)
+    budgets = None if path is None else plan_budgets(path, model)
     for payload in getattr(args, "payloads", ["float32"]):
         forms[disco_variant(payload)] = disco = nnx.clone(model)
-        dj.set_random_masks(disco, jax.random.key(1), args.comm_ratio)  # the same masks
+        if budgets is None:
+            dj.set_random_masks(disco, jax.random.key(1), args.comm_ratio)  # the same masks
+        else:
+            set_budgets(disco, budgets)  # the same directions
         dj.set_payload_dtype(disco, payload)
     programs, costs = {}, {}
     for variant, form in forms.items():
@@ -186,6 +260,7 @@ def run(args) -> dict:
     return {
         "model": args.model, "nodes": nodes, "processes": jax.process_count(),
         "input_shape": list(shape), "classes": args.classes, "comm_ratio": args.comm_ratio,
+        "budgets": None if args.budgets is None else str(args.budgets),
         "compute_dtype": args.compute_dtype, "payloads": args.payloads,
         "batches": args.batches, "repeats": args.repeats,
         "comm_bytes_per_image": {v: c.comm_bytes for v, c in costs.items()},

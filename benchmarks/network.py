@@ -24,7 +24,10 @@ the run is interrupted.
 
 Latency does not depend on what the weights learned: the networks have random
 weights, DISCO random exact masks at ``--comm-ratio`` (0.2), at the paper's
-224 px input. The report (``--report``, JSON) has, per model and batch, the
+224 px input. ``--budgets PLAN`` gives DISCO a trained plan's k per layer
+instead (e.g. the main job's learned allocation, which sends from few layers:
+fewer exchanges), each layer reading k random directions as the trained model
+does. The report (``--report``, JSON) has, per model and batch, the
 median latency over ``--repeats`` runs, the min-max spread, the speedups, and
 where the time goes (compute = the unlimited link, transfer = bytes / rate,
 per-message latency x messages); ``--plot`` draws latency against bandwidth.
@@ -62,6 +65,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--comm-ratio", type=float, default=0.2)
+    parser.add_argument("--budgets", type=Path,
+                        help="a trained model's report or plan folder (e.g. "
+                             "results/resnet50_n2_int8_r01_fisher.json, the main job's learned "
+                             "allocation): DISCO sends its k per layer, in random directions, "
+                             "instead of --comm-ratio's random channels")
     parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
                         help="what disco_jax's products compute in, on the nodes and the "
                              "single node (ONNX Runtime and TensorFlow run float32)")
@@ -150,6 +158,8 @@ def measure(model: str, args, rates: list[str], namespace: Namespace | None) -> 
                 "--payloads", ",".join(args.payloads),
                 "--batches", ",".join(map(str, args.batches)), "--rates", ",".join(rates),
                 "--repeats", str(args.repeats), "--out", str(out)]
+        if args.budgets is not None:
+            argv += ["--budgets", str(args.budgets.resolve())]
         if namespace is not None:
             argv.append("--shape-link")
         launch_local(2, "benchmarks.latency", argv, cpus=args.cpus,
@@ -244,7 +254,7 @@ def summarize(timings: dict, single_report: dict) -> list[dict]:
         runs.append({
             "model": timings["model"], "nodes": timings["nodes"], "batch": batch,
             "input_shape": timings["input_shape"], "comm_ratio": timings["comm_ratio"],
-            "compute_dtype": timings["compute_dtype"],
+            "budgets": timings["budgets"], "compute_dtype": timings["compute_dtype"],
             "payloads": timings.get("payloads", ["float32"]),
             "comm_bytes_per_image": timings["comm_bytes_per_image"],
             "flops_per_node_per_image": timings["flops_per_node_per_image"],
@@ -299,7 +309,9 @@ def plot(runs: list[dict], path: Path) -> Path:
         names = [link["rate"] for link in links]
         for key, label in (("single_ms", "single node (disco_jax)"),
                            ("dense_split_ms", "dense split"),
-                           ("disco_ms", f"DISCO (comm ratio {run['comm_ratio']:g})")):
+                           ("disco_ms", "DISCO (" + (
+                               f"comm ratio {run['comm_ratio']:g}" if run["budgets"] is None
+                               else f"k per layer of {Path(run['budgets']).name}") + ")")):
             ax.plot(names, [link[key] for link in links], marker="o", label=label)
         for payload in links[0].get("payloads", {}):
             ax.plot(names, [link["payloads"][payload]["disco_ms"] for link in links],

@@ -228,3 +228,40 @@ def test_single_refuses_an_unknown_engine(capsys):
     with pytest.raises(SystemExit):
         single.parse_args(["--engines", "disco_jax,torch", "--out", "x.json"])
     assert "unknown engines ['torch']" in capsys.readouterr().err
+
+
+def test_a_trained_models_budgets_give_the_benchmarks_disco_its_exchanges(tmp_path):
+    """--budgets: each layer sends the report's k (in random directions), a layer
+    with k = 0 exchanges nothing; budgets of another network are refused by name."""
+    import helpers
+
+    import disco_jax as dj
+    from benchmarks.latency import plan_budgets, set_budgets
+    from disco_jax.errors import ConfigError
+
+    model = helpers.TinyNet(nodes=2, k=4, width=16)
+    sending = {name: layer for name, layer in dj.layers.disco_layers(model).items()
+               if layer.spec.split_input}
+    wanted = {name: (index % 3) * (layer.spec.group_in // 4)
+              for index, (name, layer) in enumerate(sorted(sending.items()))}
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"nodes": 2, "layers": [
+        {"name": name, "k": wanted[name], "input_shape": [7, 7, layer.spec.c_in]}
+        for name, layer in sending.items()]}))
+    assert plan_budgets(report, model) == wanted
+    set_budgets(model, wanted)
+    plan = dj.compile_plan(model)
+    assert {name: plan[name].k for name in wanted} == wanted
+    assert all(plan[name].send_proj is not None for name in wanted)
+    assert 0 in wanted.values()
+    entries = json.loads(report.read_text())
+    first = entries["layers"][0]["name"]
+    report.write_text(json.dumps({**entries, "layers": entries["layers"][1:]}))
+    with pytest.raises(ConfigError, match=f"it has no layer {first}; it is of another network"):
+        plan_budgets(report, model)
+    report.write_text(json.dumps({**entries, "nodes": 4}))
+    with pytest.raises(ConfigError, match="over 4 nodes there, .* over 2 here: pass the budgets"):
+        plan_budgets(report, model)
+    report.write_text("{}")
+    with pytest.raises(ConfigError, match="not a run's report with its layers' k"):
+        plan_budgets(report, model)
