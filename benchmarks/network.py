@@ -159,7 +159,7 @@ def measure(model: str, args, rates: list[str], namespace: Namespace | None) -> 
                 "--batches", ",".join(map(str, args.batches)), "--rates", ",".join(rates),
                 "--repeats", str(args.repeats), "--out", str(out)]
         if args.budgets is not None:
-            argv += ["--budgets", str(args.budgets.resolve())]
+            argv += ["--budgets", str(args.budgets)]  # the nodes run in this folder
         if namespace is not None:
             argv.append("--shape-link")
         launch_local(2, "benchmarks.latency", argv, cpus=args.cpus,
