@@ -101,6 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--cpus takes the two nodes' cores, got {args.cpus}")
     if not 0.0 <= args.comm_ratio <= 1.0:
         parser.error(f"--comm-ratio must be in [0, 1], got {args.comm_ratio}")
+    if args.budgets is not None and not args.budgets.exists():
+        parser.error(f"--budgets {args.budgets}: no such report or plan folder")
     args.plot = args.plot or args.report.with_suffix(".png")
     return args
 

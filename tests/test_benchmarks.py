@@ -230,7 +230,7 @@ def test_single_refuses_an_unknown_engine(capsys):
     assert "unknown engines ['torch']" in capsys.readouterr().err
 
 
-def test_a_trained_models_budgets_give_the_benchmarks_disco_its_exchanges(tmp_path):
+def test_a_trained_models_budgets_give_the_benchmarks_disco_its_exchanges(tmp_path, capsys):
     """--budgets: each layer sends the report's k (in random directions), a layer
     with k = 0 exchanges nothing; budgets of another network are refused by name."""
     import helpers
@@ -265,3 +265,6 @@ def test_a_trained_models_budgets_give_the_benchmarks_disco_its_exchanges(tmp_pa
     report.write_text("{}")
     with pytest.raises(ConfigError, match="not a run's report with its layers' k"):
         plan_budgets(report, model)
+    with pytest.raises(SystemExit):
+        network.parse_args(["--budgets", str(tmp_path / "nope.json")])
+    assert "nope.json: no such report or plan folder" in capsys.readouterr().err
