@@ -176,8 +176,8 @@ def test_quick_run_completes_on_larger_meshes(mesh, tmp_path):
     """On 8 nodes with the earlier default (gradual pruning of channels, no refit);
     ResNet-18 (ResNet-50 traces 2.5x the layers, the same code)."""
     code = resnet50.main(["--quick", "--mesh", str(mesh), "--model", "resnet18",
-                          "--prune-steps", "3", "--refit",
-                          "none", "--basis", "channels", "--out", str(tmp_path / "run"),
+                          "--prune-steps", "3", "--refit", "none", "--basis", "channels",
+                          "--out", str(tmp_path / "run"),
                           "--report", str(tmp_path / "report.json")])
     assert code == 0
     report = json.loads((tmp_path / "report.json").read_text())
