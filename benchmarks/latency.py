@@ -53,6 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--payloads", default="float32",
                         help="what DISCO's channels travel as, one DISCO program each "
                              "(comma-separated: float32, bfloat16, int8)")
+    parser.add_argument("--overlap", action="store_true",
+                        help="one more program: DISCO (float32) with every layer overlapped "
+                             "(its own channels' product apart from the received ones', "
+                             "disco_jax.to_inference(overlap=True)), named disco_overlap")
     parser.add_argument("--rates", default="unlimited",
                         help="tc rates (100mbit, 1gbit, ...) or unlimited, comma-separated")
     parser.add_argument("--repeats", type=int, default=5)
@@ -77,6 +81,9 @@ def parse_payloads(parser: argparse.ArgumentParser, text: str) -> list[str]:
             payloads):
         parser.error(f"--payloads takes distinct names among {', '.join(PAYLOADS)}, got {text!r}")
     return payloads
+
+
+OVERLAPPED = "disco_overlap"  # the float32 DISCO program, every layer overlapped
 
 
 def disco_variant(payload: str) -> str:
@@ -182,10 +189,12 @@ def compile_variants(args, nodes: int, mesh):
     """The dense split and DISCO (random exact masks at ``args.comm_ratio``, or
     ``args.budgets``'s k per layer in random directions; one program per payload
     of ``args.payloads``, default float32: :func:`disco_variant`) of
-    ``args.model`` (random weights), compiled for
-    every batch: returns ``(programs, costs)`` with ``programs[variant, batch]
-    = (compiled, inputs, {"messages", "hlo_bytes"})`` and ``costs[variant]``
-    the plan's per-node cost."""
+    ``args.model`` (random weights), and with ``args.overlap`` the float32
+    DISCO program overlapped (:data:`OVERLAPPED`), compiled for every batch:
+    returns ``(programs, costs)`` with ``programs[variant, batch] = (compiled,
+    inputs, {"messages", "messages_with_work_beside", "hlo_bytes"})`` (the
+    second: exchanges with a product beside them, :func:`disco_jax.hlo_overlap`)
+    and ``costs[variant]`` the plan's per-node cost."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -210,10 +219,13 @@ def compile_variants(args, nodes: int, mesh):
         else:
             set_budgets(disco, budgets)  # the same directions
         dj.set_payload_dtype(disco, payload)
+    if getattr(args, "overlap", False):
+        forms[OVERLAPPED] = forms["disco"]
     programs, costs = {}, {}
     for variant, form in forms.items():
         plan = dj.compile_plan(form)
-        distributed = dj.DistributedModel(form, mesh, plan, output_channels=args.classes)
+        distributed = dj.DistributedModel(form, mesh, plan, output_channels=args.classes,
+                                          overlap=variant == OVERLAPPED)
         costs[variant] = dj.model_costs(form, (1, *shape), plan).totals[
             "dense_split" if variant == "dense_split" else "disco"]
         for batch in args.batches:
@@ -223,6 +235,7 @@ def compile_variants(args, nodes: int, mesh):
             hlo = compiled.as_text()
             programs[variant, batch] = (compiled, inputs, {
                 "messages": len(re.findall(r"collective-permute(?:-start)?\(", hlo)),
+                "messages_with_work_beside": sum(1 for n in dj.hlo_overlap(hlo) if n),
                 "hlo_bytes": dj.hlo_permute_bytes(hlo)})
     return programs, costs
 
@@ -262,6 +275,7 @@ def run(args) -> dict:
         "input_shape": list(shape), "classes": args.classes, "comm_ratio": args.comm_ratio,
         "budgets": None if args.budgets is None else str(args.budgets),
         "compute_dtype": args.compute_dtype, "payloads": args.payloads,
+        "overlap": args.overlap,
         "batches": args.batches, "repeats": args.repeats,
         "comm_bytes_per_image": {v: c.comm_bytes for v, c in costs.items()},
         "flops_per_node_per_image": {v: c.flops for v, c in costs.items()},

@@ -27,8 +27,12 @@ weights, DISCO random exact masks at ``--comm-ratio`` (0.2), at the paper's
 224 px input. ``--budgets PLAN`` gives DISCO a trained plan's k per layer
 instead (e.g. the main job's learned allocation, which sends from few layers:
 fewer exchanges), each layer reading k random directions as the trained model
-does. The report (``--report``, JSON) has, per model and batch, the
-median latency over ``--repeats`` runs, the min-max spread, the speedups, and
+does. ``--overlap`` adds a float32 DISCO row whose layers compute the
+product over a node's own channels apart from the one over the received
+channels (:func:`disco_jax.to_inference` with ``overlap=True``), so that it
+can run while the exchange is in flight. The report (``--report``, JSON)
+has, per model and batch, the median latency over ``--repeats`` runs, the
+min-max spread, the speedups, and
 where the time goes (compute = the unlimited link, transfer = bytes / rate,
 per-message latency x messages); ``--plot`` draws latency against bandwidth.
 """
@@ -49,7 +53,7 @@ import time
 from pathlib import Path
 
 from benchmarks import add_xla_defaults_option, apply_xla_flags
-from benchmarks.latency import disco_variant, parse_payloads, rate_bits
+from benchmarks.latency import OVERLAPPED, disco_variant, parse_payloads, rate_bits
 
 RATES = ("100mbit", "1gbit", "unlimited")
 LINK_MODEL = ("one network namespace; its loopback (MTU 1500) behind a tc tbf qdisc at the "
@@ -76,6 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--payloads", default="float32,int8",
                         help="what DISCO's channels travel as, one DISCO row each (the same "
                              "channels; float32 first: the main row; default float32,int8)")
+    parser.add_argument("--overlap", action="store_true",
+                        help="one more DISCO row: float32, every layer overlapped (the "
+                             "product over a node's own channels runs apart from the one over "
+                             "the received channels, while the exchange is in flight)")
     parser.add_argument("--cpus", default="0,1", help="the two nodes' cores (default 0,1)")
     parser.add_argument("--quick", action="store_true",
                         help="ResNet-18, batch 1, 3 repeats: under 5 minutes")
@@ -162,6 +170,8 @@ def measure(model: str, args, rates: list[str], namespace: Namespace | None) -> 
                 "--repeats", str(args.repeats), "--out", str(out)]
         if args.budgets is not None:
             argv += ["--budgets", str(args.budgets)]  # the nodes run in this folder
+        if args.overlap:
+            argv.append("--overlap")
         if namespace is not None:
             argv.append("--shape-link")
         launch_local(2, "benchmarks.latency", argv, cpus=args.cpus,
@@ -214,7 +224,8 @@ def summarize(timings: dict, single_report: dict) -> list[dict]:
                                  "parameters": row.get("parameters")})
         links = []
         narrow = timings.get("payloads", ["float32"])[1:]  # DISCO's rows beside float32's
-        variants = ["dense_split", "disco", *map(disco_variant, narrow)]
+        overlapped = [OVERLAPPED] if timings.get("overlap") else []
+        variants = ["dense_split", "disco", *map(disco_variant, narrow), *overlapped]
         for link in timings["links"]:
             result = {v: link["results"][f"{v}/{batch}"] for v in variants}
             bits = rate_bits(link["rate"])
@@ -240,6 +251,12 @@ def summarize(timings: dict, single_report: dict) -> list[dict]:
                         / timings["comm_bytes_per_image"][disco_variant(payload)])}
                     for payload in narrow},
             }
+            if overlapped:
+                overlap_ms = result[OVERLAPPED]["median_ms"]
+                entry["overlapped"] = {
+                    "disco_ms": overlap_ms,
+                    "speedup_vs_not_overlapped": result["disco"]["median_ms"] / overlap_ms,
+                    "speedup_vs_single": single["median_ms"] / overlap_ms}
             breakdown = {}
             for variant in variants:
                 program = timings["programs"][f"{variant}/{batch}"]
@@ -249,6 +266,7 @@ def summarize(timings: dict, single_report: dict) -> list[dict]:
                     "transfer_ms": (None if bits is None else
                                     1e3 * 8 * program["hlo_bytes"] / bits),
                     "messages": program["messages"],
+                    "messages_with_work_beside": program.get("messages_with_work_beside"),
                     "per_message_total_ms": program["messages"] * link["per_message_ms"],
                 }
             entry["where_the_time_goes"] = breakdown
@@ -276,10 +294,12 @@ def _reference_ms(run: dict, name: str) -> str:
 def format_table(runs: list[dict]) -> str:
     """The latency table, and what each reference column ran (or why it is empty)."""
     narrow = list(runs[0]["links"][0].get("payloads", {})) if runs else []
+    overlapped = bool(runs) and "overlapped" in runs[0]["links"][0]
     rows = [f"{'model':9} {'batch':>5} {'link':>10} {'single ms':>10} {'ONNX RT':>8} "
             f"{'TF':>8} {'dense split':>12} {'DISCO ms':>10} {'vs dense split':>15} "
             f"{'vs single':>10}"
-            + "".join(f" {'DISCO ' + p:>12} {'vs split':>9}" for p in narrow)]
+            + "".join(f" {'DISCO ' + p:>12} {'vs split':>9}" for p in narrow)
+            + (f" {'overlapped':>11} {'vs single':>10}" if overlapped else "")]
     for run in runs:
         for link in run["links"]:
             rows.append(f"{run['model']:9} {run['batch']:>5} {link['rate']:>10} "
@@ -289,7 +309,10 @@ def format_table(runs: list[dict]) -> str:
                         f"{link['speedup_vs_single']:>9.2f}x"
                         + "".join(f" {link['payloads'][p]['disco_ms']:>12.1f} "
                                   f"{link['payloads'][p]['speedup_vs_dense_split']:>8.2f}x"
-                                  for p in narrow))
+                                  for p in narrow)
+                        + (f" {link['overlapped']['disco_ms']:>11.1f} "
+                           f"{link['overlapped']['speedup_vs_single']:>9.2f}x"
+                           if overlapped else ""))
     notes = {}
     for run in runs:
         notes.setdefault(f"{run['model']} single node", f"disco_jax {run['single']['program']}")
@@ -318,6 +341,9 @@ def plot(runs: list[dict], path: Path) -> Path:
         for payload in links[0].get("payloads", {}):
             ax.plot(names, [link["payloads"][payload]["disco_ms"] for link in links],
                     marker="o", label=f"DISCO, {payload} payload")
+        if "overlapped" in links[0]:
+            ax.plot(names, [link["overlapped"]["disco_ms"] for link in links], marker="o",
+                    label="DISCO, overlapped")
         for name, label in (("onnxruntime", "ONNX Runtime, 1 node"),
                             ("tensorflow", "TensorFlow, 1 node")):
             if "ms" in run["references"][name]:

@@ -7,14 +7,16 @@ process per node, each pinned to its own core:
 
 Every node builds the dense split and DISCO programs of
 :mod:`benchmarks.latency` (random weights, random exact masks at
-``--comm-ratio``) and, for each, times ``--repeats`` calls, reading its own
+``--comm-ratio`` or ``--budgets``'s k per layer; with ``--overlap`` also
+DISCO overlapped) and, for each, times ``--repeats`` calls, reading its own
 process's CPU time (``getrusage``) and every thread's (``/proc/self/task``, in
 clock ticks) before and after, then runs ``--repeats`` calls under
 ``jax.profiler`` and reads the time of every HLO instruction from its own
 trace (one process, one device, one trace: unlike a mesh of emulated devices
 in one process, the events cover the node's work), named as
 :mod:`benchmarks.profile` names them (:func:`benchmarks.profile.traced_rows`:
-conv shapes, products, the exchanges as one row).
+conv shapes, products, the exchanges as one row), and from the same trace
+the time during which a conv or product ran while an exchange was in flight.
 Node i writes ``DIR/node{i}.json``.
 """
 
@@ -38,6 +40,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--comm-ratio", type=float, default=0.2)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--budgets", type=Path,
+                        help="a trained model's report or plan folder: DISCO's k per layer")
+    parser.add_argument("--overlap", action="store_true",
+                        help="also DISCO overlapped (disco_overlap)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", type=Path, required=True, help="folder for node{i}.json")
     args = parser.parse_args(argv)
@@ -97,9 +103,10 @@ def profile_program(compiled, inputs, batch: int, repeats: int) -> dict:
     wall = timed(run, repeats)  # one more call than repeats: its warm-up
     elapsed, cpu_s = time.perf_counter() - begin, process_cpu() - cpu_begin
     cpu = cpu_per_call(before, thread_cpu(), cpu_s, repeats + 1)
+    rows, together = traced_rows(compiled, inputs, batch, repeats)
     return {"wall_ms": wall["median_ms"], "wall_times_ms": wall["times_ms"],
-            "cpu_per_call": cpu, "core_busy": cpu_s / elapsed,
-            "rows": traced_rows(compiled, inputs, batch, repeats)}
+            "cpu_per_call": cpu, "core_busy": cpu_s / elapsed, "rows": rows,
+            "products_during_exchanges_ms": together}
 
 
 def main(argv=None) -> int:

@@ -28,7 +28,10 @@ table gives the wall time, the time inside the exchanges (collective-permute:
 waiting for the peer and moving the bytes), in convs and products and in
 everything else, and the CPU time the node's process spent per call, thread
 by thread (from ``/proc``): on CPUs the exchanges' transport (gloo over TCP)
-has a thread of its own that shares the node's core.
+has a thread of its own that shares the node's core; and the time in which
+a conv or product ran while an exchange was in flight ("together": what
+overlap can gain). ``--budgets`` and ``--overlap`` profile the programs that
+:mod:`benchmarks.network` times with those options.
 """
 
 from __future__ import annotations
@@ -69,6 +72,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "dense split and DISCO, one process per node")
     parser.add_argument("--comm-ratio", type=float, default=0.2,
                         help="DISCO's random exact masks (--nodes > 1)")
+    parser.add_argument("--budgets", type=Path,
+                        help="--nodes > 1: DISCO sends a trained model's k per layer (its "
+                             "report or plan folder), as in benchmarks.network")
+    parser.add_argument("--overlap", action="store_true",
+                        help="--nodes > 1: also DISCO with every layer overlapped")
     parser.add_argument("--unpinned", action="store_true",
                         help="--nodes > 1: do not pin node i to core i")
     parser.add_argument("--out", type=Path, required=True)
@@ -155,18 +163,37 @@ def _groups(rest: str) -> int:
     return int(match.group(1)) if match else 1
 
 
-def _trace_durations(directory: Path) -> dict[str, float]:
-    """Microseconds per executed HLO instruction over the whole trace (jax writes
-    the same events to two files: one is read)."""
-    totals = collections.Counter()
+def _trace_events(directory: Path) -> list[tuple[str, float, float]]:
+    """``(HLO instruction, start, end)`` in microseconds of every executed
+    instruction in the trace (jax writes the same events to two files: one is read)."""
     paths = sorted(directory.rglob("*.json.gz"), key=lambda p: p.name != "perfetto_trace.json.gz")
     events = json.load(gzip.open(paths[0]))
     events = events["traceEvents"] if isinstance(events, dict) else events
-    for event in events:
-        op = (event.get("args") or {}).get("hlo_op")
-        if event.get("ph") == "X" and op:
-            totals[op] += event.get("dur", 0.0)
-    return totals
+    return [(event["args"]["hlo_op"], event["ts"], event["ts"] + event.get("dur", 0.0))
+            for event in events
+            if event.get("ph") == "X" and (event.get("args") or {}).get("hlo_op")]
+
+
+def _union(intervals) -> list[tuple[float, float]]:
+    merged = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def time_together(first, second) -> float:
+    """How long some interval of ``first`` and some interval of ``second`` run at once."""
+    a, b, i, j, total = _union(first), _union(second), 0, 0, 0.0
+    while i < len(a) and j < len(b):
+        total += max(0.0, min(a[i][1], b[j][1]) - max(a[i][0], b[j][0]))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
 
 
 def _single_program(args, forms):
@@ -181,10 +208,12 @@ def _single_program(args, forms):
     return program.lower(state, x).compile(), (state, x)
 
 
-def traced_rows(compiled, arguments, batch: int, repeats: int) -> dict:
+def traced_rows(compiled, arguments, batch: int, repeats: int) -> tuple[dict, float]:
     """Runs ``compiled(*arguments)`` ``repeats`` times under jax's profiler:
     ``{what: {"count", "ms" per call, "flops"}}`` over the entry's instructions,
-    each named by :func:`_describe`, the collective-permutes as :data:`EXCHANGES`."""
+    each named by :func:`_describe`, the collective-permutes as :data:`EXCHANGES`;
+    and the milliseconds per call during which a conv or product ran while an
+    exchange was in flight (what overlap gains at most)."""
     import jax
 
     computations = _computations(compiled.as_text())
@@ -192,8 +221,12 @@ def traced_rows(compiled, arguments, batch: int, repeats: int) -> dict:
         with jax.profiler.trace(directory, create_perfetto_trace=True):
             for _ in range(repeats):
                 jax.block_until_ready(compiled(*arguments))
-        durations = _trace_durations(Path(directory))
+        events = _trace_events(Path(directory))
+    durations = collections.Counter()
+    for op, start, end in events:
+        durations[op] += end - start
     rows = collections.defaultdict(lambda: {"count": 0, "ms": 0.0, "flops": 0.0})
+    kinds = {}
     for name, (_, opcode, _) in computations[""].items():
         if name not in durations:
             continue  # parameters, tuples, bitcasts: nothing executed
@@ -201,10 +234,14 @@ def traced_rows(compiled, arguments, batch: int, repeats: int) -> dict:
             key, flops = EXCHANGES, 0.0
         else:
             key, flops = _describe(name, "", computations, batch)
+        kinds[name] = key
         rows[key]["count"] += 1
         rows[key]["ms"] += durations[name] / 1000.0 / repeats
         rows[key]["flops"] += flops
-    return dict(rows)
+    exchanging = [(s, e) for op, s, e in events if kinds.get(op) == EXCHANGES]
+    computing = [(s, e) for op, s, e in events
+                 if kinds.get(op, "").startswith(("conv", "matmul"))]
+    return dict(rows), time_together(exchanging, computing) / 1000.0 / repeats
 
 
 def profile_xla(args, forms) -> dict:
@@ -214,7 +251,7 @@ def profile_xla(args, forms) -> dict:
 
     compiled, arguments = _single_program(args, forms)
     wall = timed(lambda: jax.block_until_ready(compiled(*arguments)), args.repeats)
-    rows = traced_rows(compiled, arguments, args.batch, args.repeats)
+    rows, _ = traced_rows(compiled, arguments, args.batch, args.repeats)  # no exchanges
     return {"engine": f"jax {jax.__version__} (XLA:{jax.devices()[0].platform}), "
                       f"{args.compute_dtype} products",
             "wall_ms": wall["median_ms"], "rows": rows}
@@ -324,6 +361,10 @@ def profile_nodes(args) -> dict:
             "--classes", str(args.classes), "--comm-ratio", str(args.comm_ratio),
             "--batch", str(args.batch), "--compute-dtype", args.compute_dtype,
             "--repeats", str(args.repeats)]
+    if args.budgets is not None:
+        argv += ["--budgets", str(args.budgets)]
+    if args.overlap:
+        argv.append("--overlap")
     with tempfile.TemporaryDirectory() as directory:
         codes = launch_local(args.nodes, "benchmarks.node_profile",
                              [*argv, "--out", directory], cpus=cpus, out=sys.stderr)
@@ -336,9 +377,9 @@ def profile_nodes(args) -> dict:
 
 
 def node_table(report: dict) -> str:
-    lines = [f"{'variant':12} {'node':>4} {'wall ms':>8} {'exchanges':>9} {'n':>3} "
-             f"{'per msg':>7} {'convs':>7} {'other':>7} {'CPU ms':>7}  busiest threads "
-             f"(user/system ms per call)"]
+    lines = [f"{'variant':13} {'node':>4} {'wall ms':>8} {'exchanges':>9} {'n':>3} "
+             f"{'per msg':>7} {'convs':>7} {'other':>7} {'together':>8} {'CPU ms':>7}  "
+             f"busiest threads (user/system ms per call)"]
     for node in report["nodes"]:
         for variant, row in node["variants"].items():
             rows = row["rows"]
@@ -348,10 +389,13 @@ def node_table(report: dict) -> str:
             threads = ", ".join(f"{t['thread']} {t['user_ms']:.1f}/{t['system_ms']:.1f}"
                                 for t in row["cpu_per_call"]["threads"][:3])
             per = exchanges["ms"] / exchanges["count"] if exchanges["count"] else 0.0
-            lines.append(f"{variant:12} {node['node']:4d} {row['wall_ms']:8.1f} "
+            lines.append(f"{variant:13} {node['node']:4d} {row['wall_ms']:8.1f} "
                          f"{exchanges['ms']:9.1f} {exchanges['count']:3d} {per:7.2f} "
-                         f"{convs:7.1f} {other:7.1f} {row['cpu_per_call']['process_ms']:7.1f}  "
-                         f"{threads}")
+                         f"{convs:7.1f} {other:7.1f} "
+                         f"{row.get('products_during_exchanges_ms', 0.0):8.1f} "
+                         f"{row['cpu_per_call']['process_ms']:7.1f}  {threads}")
+    lines.append("together: ms per call in which a conv or product ran while an exchange was "
+                 "in flight")
     return "\n".join(lines)
 
 

@@ -29,8 +29,8 @@ def test_tiny_benchmark_writes_the_report_and_cleans_up(tmp_path):
     report_path = tmp_path / "network.json"
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.network", "--models", "resnet18", "--image-size",
-         "32", "--batches", "1", "--repeats", "1", "--rates", "100mbit", "--report",
-         str(report_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
+         "32", "--batches", "1", "--repeats", "1", "--rates", "100mbit", "--overlap",
+         "--report", str(report_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(report_path.read_text())
     shaped = network.can_shape_links() is None
@@ -42,9 +42,16 @@ def test_tiny_benchmark_writes_the_report_and_cleans_up(tmp_path):
         assert link["single_ms"] > 0 and link["dense_split_ms"] > 0 and link["disco_ms"] > 0
         assert link["speedup_vs_dense_split"] == pytest.approx(
             link["dense_split_ms"] / link["disco_ms"])
-        assert set(link["spread_ms"]) == {"single", "dense_split", "disco", "disco_int8"}
+        assert set(link["spread_ms"]) == {"single", "dense_split", "disco", "disco_int8",
+                                          "disco_overlap"}
         disco = link["where_the_time_goes"]["disco"]
         assert disco["messages"] > 0
+        # overlapped: the same exchanges, each with its layer's own product beside it
+        overlapped = link["where_the_time_goes"]["disco_overlap"]
+        assert overlapped["messages"] == overlapped["messages_with_work_beside"] == disco[
+            "messages"] > disco["messages_with_work_beside"]
+        assert link["overlapped"]["speedup_vs_single"] == pytest.approx(
+            link["single_ms"] / link["overlapped"]["disco_ms"])
         int8 = link["payloads"]["int8"]  # the same channels, as int8 with their scales
         assert int8["speedup_vs_dense_split"] == pytest.approx(
             link["dense_split_ms"] / int8["disco_ms"])
@@ -186,12 +193,12 @@ def test_the_node_profile_traces_every_node_in_its_own_process(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.profile", "--model", "resnet18", "--image-size", "32",
          "--classes", "10", "--batch", "2", "--repeats", "2", "--nodes", "2", "--unpinned",
-         "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+         "--overlap", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert [node["node"] for node in report["nodes"]] == [0, 1]
     for node in report["nodes"]:
-        assert set(node["variants"]) == {"dense_split", "disco"}
+        assert set(node["variants"]) == {"dense_split", "disco", "disco_overlap"}
         for variant in node["variants"].values():
             rows = variant["rows"]
             assert rows[EXCHANGES]["count"] == variant["messages"] > 10
@@ -199,8 +206,17 @@ def test_the_node_profile_traces_every_node_in_its_own_process(tmp_path):
             assert all(row["ms"] >= 0 for row in rows.values())
             assert variant["wall_ms"] > 0 and len(variant["wall_times_ms"]) == 2
             assert variant["cpu_per_call"]["process_ms"] > 0  # (threads: clock ticks, may be 0)
+            assert 0 <= variant["products_during_exchanges_ms"] <= variant["wall_ms"]
         assert node["variants"]["disco"]["hlo_bytes"] < node["variants"]["dense_split"]["hlo_bytes"]
     assert "exchanges" in done.stdout and "disco" in done.stdout
+
+
+def test_time_together_is_the_overlap_of_two_sets_of_intervals():
+    from benchmarks.profile import time_together
+
+    assert time_together([(0, 10), (20, 30)], [(5, 25)]) == 10  # 5..10 and 20..25
+    assert time_together([(0, 10), (2, 12)], [(11, 20), (0, 1)]) == 2  # unions first
+    assert time_together([(0, 10)], [(10, 20)]) == 0 == time_together([], [(0, 1)])
 
 
 def test_the_profile_refuses_nodes_it_cannot_pin(capsys, tmp_path):

@@ -10,6 +10,11 @@ Each generated case checks, on one compiled executable
 - distributed output vs single-device masked reference: max |diff| <= 1e-4 x max |ref|;
 - bytes of the HLO's collective-permute ops == the plan's bytes, exactly;
 - no other collective in the program;
+- overlapped (drawn for each case: the product over a node's own channels
+  apart from the received ones'), every exchange has a product beside it in
+  the compiled program (one it can run while the exchange is in flight);
+  computed as one product over own and received channels, none (channels
+  sent: nothing but the exchange feeds that product);
 - XLA's FLOPs within 5% of the accounting formula (2 per multiply-add; with a
   float32 payload: quantising costs elementwise FLOPs the formula leaves out), except
   for two degenerate products that XLA rewrites as elementwise ops: a
@@ -47,39 +52,53 @@ def lowered_as_taps(layer, x_shape) -> bool:
             and lowering(layer.spec, *x_shape[1:3], layer.compute_dtype) == "taps")
 
 
-def is_degenerate(layer, k: int, x_shape) -> bool:
+def is_degenerate(layer, k: int, x_shape, overlapped: bool = False) -> bool:
     spec = layer.spec
-    contraction = (spec.group_in + (spec.nodes - 1) * k) * (
-        1 if lowered_as_taps(layer, x_shape) else spec.kernel**2)
+    widths = ([spec.group_in, (spec.nodes - 1) * k] if overlapped
+              else [spec.group_in + (spec.nodes - 1) * k])  # one contraction per product
+    area = 1 if lowered_as_taps(layer, x_shape) else spec.kernel**2
     rows = x_shape[0] * np.prod(out_spatial(spec, x_shape[1:-1]))  # output positions
     reads_nothing = spec.kind == "conv" and _taps(spec, x_shape[1:3]) == 0
-    return contraction == 1 or (rows == 1 and spec.group_out == 1) or reads_nothing
+    return (any(width * area == 1 for width in widths) or (rows == 1 and spec.group_out == 1)
+            or reads_nothing)
 
 
-def expected_flops(layer, formula: float, x_shape) -> float:
-    """The accounting formula's FLOPs per sample, as the layer's lowering computes them."""
+def expected_flops(layer, formula: float, x_shape, overlapped: bool = False) -> float:
+    """The accounting formula's FLOPs per sample, as the layer's lowering
+    computes them; ``overlapped``: as two products (own channels, received
+    channels) and the add of the two."""
     spec = layer.spec
+    spatial = out_spatial(spec, x_shape[1:3]) if spec.kind == "conv" else x_shape[1:-1]
+    outputs = int(np.prod(spatial)) * spec.group_out
     if not lowered_as_taps(layer, x_shape):
-        return formula
+        return formula + (outputs if overlapped else 0)
     size = x_shape[1:3]
     stride, padding, out_h, out_w = _conv_geometry(spec, *size)
     live = len(_live_taps(spec.kernel, stride, padding, size, (out_h, out_w)))
-    outputs = out_h * out_w * spec.group_out
     bias = outputs if spec.use_bias else 0
     products = (formula - bias) * live * out_h * out_w / _taps(spec, size)
-    return products + (live - 1) * outputs + bias
+    sums = 2 if overlapped else 1  # each sum of taps, and the add of the two
+    return products + sums * (live - 1) * outputs + (sums - 1) * outputs + bias
 
 
-def check_layer(layer, x, *, tol=1e-4, check_flops=True) -> bool:
+def check_layer(layer, x, *, tol=1e-4, check_flops=True, overlap=False) -> bool:
     """Asserts the properties above; returns whether FLOPs were compared."""
-    check = verify_layer(layer, x)
+    check = verify_layer(layer, x, overlap=overlap)
     assert check.relative_diff <= tol, check
     assert check.hlo_comm_bytes == check.costs["disco"].comm_bytes, check
     assert check.other_collectives == []
+    exchanges = len(check.overlap)
+    degenerate = is_degenerate(layer, check.k, x.shape, overlapped=overlap and exchanges > 0)
+    assert exchanges == (layer.spec.nodes - 1 if check.k and layer.spec.split_input else 0)
+    if overlap and not degenerate:
+        assert min(check.overlap, default=1) >= 1, check  # the own channels' product
+    if not overlap and getattr(layer, "basis", None) is None:
+        assert check.overlap == [0] * exchanges, check  # one product, after every exchange
     lossy = layer.spec.split_input and layer.payload_dtype != "float32"
-    if not check_flops or lossy or is_degenerate(layer, check.k, x.shape):
+    if not check_flops or lossy or degenerate:
         return False
-    expected = expected_flops(layer, check.costs["disco"].flops, x.shape)
+    expected = expected_flops(layer, check.costs["disco"].flops, x.shape,
+                              overlapped=overlap and exchanges > 0)
     assert abs(check.hlo_flops - expected) <= 0.05 * expected, check
     return True
 
@@ -96,7 +115,8 @@ def conv_cases(draw):
         stride=draw(st.sampled_from([1, 2])), padding=padding,
         use_bias=draw(st.booleans()), batch=draw(st.integers(1, 3)),
         height=draw(st.integers(kernel, 8)), width=draw(st.integers(kernel, 8)),
-        payload=draw(st.sampled_from(PAYLOADS)), seed=draw(st.integers(0, 2**16)))
+        payload=draw(st.sampled_from(PAYLOADS)), overlap=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)))
 
 
 # 50 cases (~4 s each in CI: a sharded program compiled per case); locally each
@@ -105,7 +125,7 @@ def conv_cases(draw):
 @given(conv_cases())
 @example(dict(nodes=1, group_in=2, group_out=1, k=0, kernel=1, stride=2, padding=1,
               use_bias=False, batch=1, height=1, width=1, payload="float32",
-              seed=0))  # reads padding only
+              overlap=False, seed=0))  # reads padding only
 def test_conv_distributed_matches_reference_and_plan(case):
     n = case["nodes"]
     layer = dj.DiscoConv(n * case["group_in"], n * case["group_out"], case["kernel"],
@@ -115,7 +135,8 @@ def test_conv_distributed_matches_reference_and_plan(case):
     randomize(layer, key_layer, case["k"])
     dj.set_payload_dtype(layer, case["payload"])
     x = jax.random.normal(key_x, (case["batch"], case["height"], case["width"], layer.spec.c_in))
-    event("FLOPs checked" if check_layer(layer, x) else "FLOPs not checked (degenerate)")
+    checked = check_layer(layer, x, overlap=case["overlap"])
+    event("FLOPs checked" if checked else "FLOPs not checked (degenerate)")
 
 
 @st.composite
@@ -126,7 +147,8 @@ def dense_cases(draw):
         group_out=draw(st.integers(1, 4)), k=draw(st.integers(0, group_in)),
         use_bias=draw(st.booleans()),
         shape=draw(st.lists(st.integers(1, 5), min_size=1, max_size=3)),
-        payload=draw(st.sampled_from(PAYLOADS)), seed=draw(st.integers(0, 2**16)))
+        payload=draw(st.sampled_from(PAYLOADS)), overlap=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)))
 
 
 @settings(max_examples=40)
@@ -139,7 +161,8 @@ def test_dense_distributed_matches_reference_and_plan(case):
     randomize(layer, key_layer, case["k"])
     dj.set_payload_dtype(layer, case["payload"])
     x = jax.random.normal(key_x, (*case["shape"], layer.spec.c_in))  # [B, tokens..., C]
-    event("FLOPs checked" if check_layer(layer, x) else "FLOPs not checked (degenerate)")
+    checked = check_layer(layer, x, overlap=case["overlap"])
+    event("FLOPs checked" if checked else "FLOPs not checked (degenerate)")
 
 
 @pytest.mark.parametrize("payload,per_value", [("bfloat16", 2), ("int8", 1)])
@@ -187,10 +210,14 @@ LOWERINGS = [
 ]
 
 
-@pytest.mark.parametrize("nodes", [1, 2, 4])
+# every lowering in both inference forms: one product, and overlapped (own channels apart)
+FORMS = [(1, False), (2, False), (2, True), (4, True)]
+
+
+@pytest.mark.parametrize("nodes,overlap", FORMS)
 @pytest.mark.parametrize("expected,conv,group_in,size", LOWERINGS)
-def test_every_bfloat16_lowering_is_the_same_in_both_forms(nodes, expected, conv, group_in,
-                                                            size):
+def test_every_bfloat16_lowering_is_the_same_in_both_forms(nodes, overlap, expected, conv,
+                                                            group_in, size):
     layer = dj.DiscoConv(nodes * group_in, nodes * 4, conv["kernel"], strides=conv["strides"],
                          padding=conv["padding"], nodes=nodes, rngs=nnx.Rngs(0))
     randomize(layer, jax.random.key(nodes), group_in // 4)
@@ -198,7 +225,7 @@ def test_every_bfloat16_lowering_is_the_same_in_both_forms(nodes, expected, conv
     assert lowering(layer.spec, size, size, "bfloat16") == expected
     x = jax.random.normal(jax.random.key(7), (2, size, size, layer.spec.c_in))
     # the two forms round the same values to bfloat16: only the sums' order differs
-    check_layer(layer, x, check_flops=False)
+    check_layer(layer, x, check_flops=False, overlap=overlap)
 
 
 @pytest.mark.parametrize("expected,conv,group_in,size", LOWERINGS)
@@ -230,10 +257,10 @@ FLOAT32_LOWERINGS = [
 ]
 
 
-@pytest.mark.parametrize("nodes", [1, 2, 4])
+@pytest.mark.parametrize("nodes,overlap", FORMS)
 @pytest.mark.parametrize("expected,conv,group_in,size,taps", FLOAT32_LOWERINGS)
-def test_float32_convs_on_maps_of_a_few_pixels_are_taps_in_both_forms(nodes, expected, conv,
-                                                                      group_in, size, taps):
+def test_float32_convs_on_maps_of_a_few_pixels_are_taps_in_both_forms(
+        nodes, overlap, expected, conv, group_in, size, taps):
     layer = dj.DiscoConv(nodes * group_in, nodes * 4, conv["kernel"], strides=conv["strides"],
                          padding=conv["padding"], nodes=nodes, rngs=nnx.Rngs(0))
     randomize(layer, jax.random.key(nodes), group_in // 4)
@@ -242,7 +269,8 @@ def test_float32_convs_on_maps_of_a_few_pixels_are_taps_in_both_forms(nodes, exp
         stride, padding, out_h, out_w = _conv_geometry(layer.spec, size, size)
         assert len(_live_taps(3, stride, padding, (size, size), (out_h, out_w))) == taps
     x = jax.random.normal(jax.random.key(7), (3, size, size, layer.spec.c_in))
-    assert check_layer(layer, x)  # mesh == reference, HLO bytes == plan, FLOPs as lowered
+    # mesh == reference, HLO bytes == plan, FLOPs as lowered
+    assert check_layer(layer, x, overlap=overlap)
 
 
 @pytest.mark.parametrize("expected,conv,group_in,size,taps", FLOAT32_LOWERINGS)

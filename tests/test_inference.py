@@ -27,6 +27,32 @@ def test_distributed_model_matches_the_single_device_model(nodes, k):
     assert dj.hlo_other_collectives(hlo) == []
 
 
+@pytest.mark.parametrize("nodes,k", [(2, 2), (4, 1)])
+def test_an_overlapped_model_is_the_same_sum_with_work_beside_every_exchange(nodes, k):
+    model = TinyNet(nodes, k)
+    model.eval()
+    x = jax.random.normal(jax.random.key(0), (3, 12, 12, 1))
+    mesh = dj.make_mesh(nodes)
+    serial = dj.DistributedModel(model, mesh).compile(x)
+    overlapped_model = dj.DistributedModel(model, mesh, overlap=True)
+    overlapped = overlapped_model.compile(x)
+    out = overlapped(*overlapped_model.inputs(x))
+    assert relative_error(out, model(x)) <= 1e-4
+    assert relative_error(out, serial(*dj.DistributedModel(model, mesh).inputs(x))) <= 1e-5
+
+    hlo = overlapped.as_text()
+    assert dj.hlo_permute_bytes(hlo) == dj.hlo_permute_bytes(serial.as_text())
+    work = dj.hlo_overlap(hlo)
+    assert len(work) == 4 * (nodes - 1) and min(work) >= 1  # 4 layers read other nodes
+    # one product over own and received channels: only the block's two branches
+    # (the strided conv and its projection) have work beside each other's exchanges
+    assert sum(1 for n in dj.hlo_overlap(serial.as_text()) if n) == 2 * (nodes - 1)
+    held = {"/".join(map(str, path)) for path, _ in nnx.to_flat_state(
+        nnx.state(to_inference(model, overlap=True)))}
+    assert {"conv1/kernel", "conv1/received_kernel", "stem/kernel"} <= held
+    assert "stem/received_kernel" not in held  # the replicated input: nothing received
+
+
 def test_model_costs_by_layer_and_in_total():
     model = TinyNet(2, 1)
     costs = dj.model_costs(model, (1, 12, 12, 1))

@@ -44,6 +44,7 @@ from disco_jax.accounting import (
     hlo_comm_bytes as hlo_comm_bytes,
     hlo_flops as hlo_flops,
     hlo_other_collectives as hlo_other_collectives,
+    hlo_overlap as hlo_overlap,
     hlo_permute_bytes as hlo_permute_bytes,
     layer_costs as layer_costs,
     model_costs as model_costs,

@@ -318,6 +318,74 @@ def hlo_other_collectives(hlo_text: str) -> list[str]:
     return [m.group(1) for m in _COLLECTIVE.finditer(hlo_text)]
 
 
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%(?P<name>[\w.\-]+) .*\{$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(?P<name>[\w.\-]+) = [^%]*?\s?"
+                          r"(?P<op>[a-z][a-z0-9\-]*)\((?P<operands>[^)]*)\)(?P<rest>.*)$")
+_PRODUCTS = ("convolution", "dot")
+
+
+def _hlo_computations(hlo_text: str) -> tuple[str, dict[str, list[dict]]]:
+    """The entry computation's name and every computation's instructions
+    (name, op, operand names, called computations), from HLO text."""
+    computations, entry, current = {}, None, None
+    for line in hlo_text.splitlines():
+        header = _COMPUTATION.match(line)
+        if header:
+            current = computations.setdefault(header["name"], [])
+            entry = header["name"] if line.startswith("ENTRY") else entry
+            continue
+        instruction = _INSTRUCTION.match(line) if current is not None else None
+        if instruction:
+            current.append({"name": instruction["name"], "op": instruction["op"],
+                            "operands": re.findall(r"%([\w.\-]+)", instruction["operands"]),
+                            "calls": re.findall(r"(?:calls|to_apply)=%([\w.\-]+)",
+                                                instruction["rest"])})
+    if entry is None:
+        raise ValueError("no ENTRY computation in this HLO text")
+    return entry, computations
+
+
+def hlo_overlap(hlo_text: str) -> list[int]:
+    """For each ``collective-permute`` of compiled HLO (in program order), the
+    number of products (convolutions and dots, also inside fusions) that
+    neither feed it nor read what it delivers: work the program can run while
+    that exchange is in flight. An overlapped DISCO layer
+    (:func:`disco_jax.to_inference` with ``overlap=True``) has at least one
+    such product per exchange, its product over its own channels; a layer
+    computed as one product over its own and the received channels has none
+    (a model may still have others: a residual block's shortcut). Whether the
+    backend does run them at once is up to its runtime (XLA:CPU's thunk
+    executor launches every instruction whose inputs are ready; XLA:GPU turns
+    the permute into an asynchronous start/done pair)."""
+    entry, computations = _hlo_computations(hlo_text)
+
+    def has_product(name, seen=()):
+        return any(i["op"] in _PRODUCTS or any(c not in seen and has_product(c, (*seen, c))
+                                               for c in i["calls"])
+                   for i in computations.get(name, []))
+
+    instructions = computations[entry]
+    reads = {i["name"]: set(i["operands"]) for i in instructions}
+    read_by = {name: set() for name in reads}
+    for name, operands in reads.items():
+        for operand in operands & read_by.keys():
+            read_by[operand].add(name)
+
+    def reach(start, edges):
+        seen, stack = set(), [start]
+        while stack:
+            for other in edges.get(stack.pop(), ()):
+                if other not in seen:
+                    seen.add(other)
+                    stack.append(other)
+        return seen
+
+    products = {i["name"] for i in instructions
+                if i["op"] in _PRODUCTS or any(has_product(c) for c in i["calls"])}
+    return [len(products - reach(i["name"], reads) - reach(i["name"], read_by))
+            for i in instructions if i["op"] in ("collective-permute", "collective-permute-start")]
+
+
 def hlo_flops(compiled) -> float:
     """FLOPs of one node's compiled program (XLA's ``cost_analysis()``), per batch."""
     analysis = compiled.cost_analysis()

@@ -33,7 +33,7 @@ from disco_jax.coordination import barrier, share
 from disco_jax.errors import ConfigError, PlanError
 from disco_jax.layers import _DiscoLinear, compute_dtype_of, disco_layers
 from disco_jax.mesh import AXIS, channel_spec, node_spec, replicate, shard_channels, shard_nodes
-from disco_jax.parallel import node_forward, plan_payload
+from disco_jax.parallel import node_forward, plan_payload, split_kernel
 from disco_jax.payload import payload_of
 from disco_jax.plan import LayerPlan, Plan, check_plan_matches, compile_plan, plan_checksum
 from disco_jax.programs import load_or_compile
@@ -46,12 +46,16 @@ class PlanArray(nnx.Variable):
 class PlannedLinear(nnx.Module):
     """A DISCO layer in inference form; call it inside ``shard_map`` over ``AXIS``."""
 
-    def __init__(self, plan: LayerPlan, *, payload_dtype=None, compute_dtype=None):
+    def __init__(self, plan: LayerPlan, *, payload_dtype=None, compute_dtype=None,
+                 overlap: bool = False):
         self.name, self.spec, self.k = plan.name, plan.spec, plan.k
         self.payload_dtype = plan_payload(plan, payload_dtype)
         self.compute_dtype = compute_dtype_of(compute_dtype, plan.name)
         self.send_idx = PlanArray(jnp.asarray(plan.send_idx))
-        self.kernel = PlanArray(jnp.asarray(plan.kernel))
+        kernel, received_kernel = split_kernel(plan) if overlap else (plan.kernel, None)
+        self.kernel = PlanArray(jnp.asarray(kernel))
+        self.received_kernel = (None if received_kernel is None
+                                else PlanArray(jnp.asarray(received_kernel)))
         self.bias = None if plan.bias is None else PlanArray(jnp.asarray(plan.bias))
         self.send_proj = (None if plan.send_proj is None
                           else PlanArray(jnp.asarray(plan.send_proj)))
@@ -59,9 +63,11 @@ class PlannedLinear(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         bias = None if self.bias is None else self.bias[...]
         send_proj = None if self.send_proj is None else self.send_proj[...]
+        received_kernel = None if self.received_kernel is None else self.received_kernel[...]
         return node_forward(self.spec, self.k, x, self.send_idx[...], self.kernel[...], bias,
                             payload_dtype=self.payload_dtype, send_proj=send_proj,
-                            compute_dtype=self.compute_dtype)
+                            compute_dtype=self.compute_dtype,
+                            received_kernel=received_kernel)
 
 
 class ChannelAffine(nnx.Module):
@@ -101,13 +107,18 @@ def _replace(root: nnx.Module, path: tuple, new: nnx.Module) -> None:
 
 
 def to_inference(model: nnx.Module, plan: Plan | None = None, *,
-                 payload_dtype=None) -> nnx.Module:
+                 payload_dtype=None, overlap: bool = False) -> nnx.Module:
     """The inference form of ``model`` (a copy; ``model`` is left as it is).
 
     Arguments:
       model: a trained model whose DISCO layers have exact masks.
       plan: its plan (default: compiled from ``model`` now); checked against it.
       payload_dtype: if given, must be the plan's payload.
+      overlap: each DISCO layer computes the product over its node's own
+        channels apart from the one over the received channels
+        (:func:`~disco_jax.parallel.node_forward`), so that it can run while
+        the exchange is in flight; its kernel is then held in those two parts
+        (``kernel``, ``received_kernel``). The same sum, the same bytes.
 
     Each DISCO layer keeps the compute dtype it has in ``model``
     (:func:`disco_jax.set_compute_dtype`) and sends what its plan says
@@ -128,7 +139,8 @@ def to_inference(model: nnx.Module, plan: Plan | None = None, *,
         if isinstance(module, _DiscoLinear):
             replacements.append((path, PlannedLinear(plan[names[id(module)]],
                                                      payload_dtype=payload_dtype,
-                                                     compute_dtype=module.compute_dtype)))
+                                                     compute_dtype=module.compute_dtype,
+                                                     overlap=overlap)))
         elif isinstance(module, nnx.BatchNorm):
             replacements.append((path, ChannelAffine(module, nodes, name)))
         elif hasattr(module, "inference_form"):  # LayerNorm, ChannelParam, ...
@@ -172,6 +184,9 @@ class DistributedModel:
         given to every node whole. True: it is an activation split over
         nodes by channel like any other (a block or a part of a network,
         ``[..., C]`` with C divisible by N).
+      overlap: each DISCO layer's product over its node's own channels apart
+        from the received ones, to run while the exchange is in flight
+        (:func:`to_inference`); the same sum, the same bytes.
 
     By default the network input is given to every node (replicated); the output comes
     back as one global array. With one process per node
@@ -182,11 +197,12 @@ class DistributedModel:
     def __init__(self, model: nnx.Module, mesh: Mesh, plan: Plan | None = None, *,
                  payload_dtype=None, output_rank: int = 2,
                  output_channels: int | None = None, split_input: bool = False,
-                 program_cache: str | os.PathLike | None = None):
+                 program_cache: str | os.PathLike | None = None, overlap: bool = False):
         plan = compile_plan(model) if plan is None else plan
         _check_mesh(mesh, plan.nodes, "the plan is")
         checksum = plan_checksum(plan) if jax.process_count() > 1 else ""
-        graphdef, state = nnx.split(to_inference(model, plan, payload_dtype=payload_dtype))
+        graphdef, state = nnx.split(to_inference(model, plan, payload_dtype=payload_dtype,
+                                                 overlap=overlap))
         self._setup(graphdef, shard_nodes(state, mesh), mesh, plan.nodes, checksum,
                     plan.payload, output_rank, output_channels, split_input, program_cache)
         self.plan = plan

@@ -19,6 +19,7 @@ from disco_jax.accounting import (
     Cost,
     hlo_flops,
     hlo_other_collectives,
+    hlo_overlap,
     hlo_permute_bytes,
     layer_costs,
 )
@@ -40,6 +41,8 @@ class LayerCheck:
       hlo_comm_bytes: bytes of the compiled program's collective-permutes, per sample.
       hlo_flops: FLOPs of the compiled per-node program (XLA cost analysis), per sample.
       other_collectives: collectives other than collective-permute in the program.
+      overlap: for each collective-permute, the products the program can run
+        while it is in flight (:func:`disco_jax.accounting.hlo_overlap`).
     """
 
     name: str
@@ -51,6 +54,7 @@ class LayerCheck:
     hlo_comm_bytes: float
     hlo_flops: float
     other_collectives: list[str]
+    overlap: list[int]
 
     @property
     def relative_diff(self) -> float:
@@ -58,13 +62,16 @@ class LayerCheck:
 
 
 def verify_layer(layer: _DiscoLinear, x: jax.Array, *,
-                 name: str | None = None) -> LayerCheck:
+                 name: str | None = None, overlap: bool = False) -> LayerCheck:
     """Runs ``layer`` in both forms on ``x`` and measures the compiled program.
 
     Arguments:
       layer: a DISCO layer with an exact mask.
       x: a global input, ``f32[B, H, W, C_in]`` or ``f32[B, ..., C_in]``.
       name: the layer's name in the result (default: ``layer.name``).
+      overlap: run the inference form overlapped (the product over a node's
+        own channels apart from the received ones':
+        :class:`~disco_jax.parallel.DistributedLayer`).
 
     Both forms compute in the layer's compute dtype
     (:func:`disco_jax.set_compute_dtype`) and read what its payload delivers
@@ -73,7 +80,7 @@ def verify_layer(layer: _DiscoLinear, x: jax.Array, *,
     plan = compile_layer(layer, name)
     reference = layer(x)
     distributed = DistributedLayer(plan, make_mesh(plan.spec.nodes),
-                                   compute_dtype=layer.compute_dtype)
+                                   compute_dtype=layer.compute_dtype, overlap=overlap)
     compiled = distributed.compile(x)
     out = compiled(*distributed.inputs(x))
     batch = x.shape[0]
@@ -87,4 +94,5 @@ def verify_layer(layer: _DiscoLinear, x: jax.Array, *,
         hlo_comm_bytes=hlo_permute_bytes(hlo) / batch,
         hlo_flops=hlo_flops(compiled) / batch,
         other_collectives=hlo_other_collectives(hlo),
+        overlap=hlo_overlap(hlo),
     )
