@@ -354,9 +354,10 @@ def hlo_overlap(hlo_text: str) -> list[int]:
     such product per exchange, its product over its own channels; a layer
     computed as one product over its own and the received channels has none
     (a model may still have others: a residual block's shortcut). Whether the
-    backend does run them at once is up to its runtime (XLA:CPU's thunk
-    executor launches every instruction whose inputs are ready; XLA:GPU turns
-    the permute into an asynchronous start/done pair)."""
+    backend does run them at once is up to its runtime: XLA:CPU (jax 0.10)
+    runs no product while a collective-permute runs (``python -m
+    benchmarks.profile --nodes 2 --overlap`` measures it); XLA:GPU splits the
+    permute into an asynchronous start/done pair to schedule work between."""
     entry, computations = _hlo_computations(hlo_text)
 
     def has_product(name, seen=()):
