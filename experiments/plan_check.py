@@ -139,6 +139,7 @@ def print_report(report: dict, per_layer: bool) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import disco_jax as dj  # after argument parsing: --help needs no jax
+    from disco_jax.payload import reference_tolerance
 
     dj.ensure_host_devices(args.mesh)
     try:
@@ -148,10 +149,13 @@ def main(argv=None) -> int:
         return 2
     print_report(report, args.per_layer)
     comm = report["comm_bytes_per_sample"]
-    ok = (report["max_abs_diff_vs_reference"] <= 1e-4 * report["max_abs_reference"]
+    # a lossy payload may round a value on a rounding boundary differently in the
+    # two forms (their inputs differ in the last bits): one step of the payload
+    tolerance = reference_tolerance(args.payload_dtype)
+    ok = (report["max_abs_diff_vs_reference"] <= tolerance * report["max_abs_reference"]
           and comm["disco_hlo"] == comm["disco"] and not report["other_collectives"])
-    print(f"  distributed == reference within 1e-4 and HLO bytes == plan bytes: "
-          f"{'yes' if ok else 'NO'}")
+    print(f"  distributed == reference within {tolerance:.3g} ({args.payload_dtype} "
+          f"payload) and HLO bytes == plan bytes: {'yes' if ok else 'NO'}")
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(report, indent=1))
