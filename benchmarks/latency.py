@@ -221,9 +221,12 @@ def compile_variants(args, nodes: int, mesh):
         dj.set_payload_dtype(disco, payload)
     if getattr(args, "overlap", False):
         forms[OVERLAPPED] = forms["disco"]
-    programs, costs = {}, {}
+    programs, costs, plans = {}, {}, {}
     for variant, form in forms.items():
-        plan = dj.compile_plan(form)
+        if variant == OVERLAPPED:  # DISCO's plan, computed overlapped
+            plan = plans["disco"]
+        else:
+            plan = plans[variant] = dj.compile_plan(form)
         distributed = dj.DistributedModel(form, mesh, plan, output_channels=args.classes,
                                           overlap=variant == OVERLAPPED)
         costs[variant] = dj.model_costs(form, (1, *shape), plan).totals[

@@ -32,9 +32,9 @@ product over a node's own channels apart from the one over the received
 channels (:func:`disco_jax.to_inference` with ``overlap=True``), so that it
 can run while the exchange is in flight. The report (``--report``, JSON)
 has, per model and batch, the median latency over ``--repeats`` runs, the
-min-max spread, the speedups, and
-where the time goes (compute = the unlimited link, transfer = bytes / rate,
-per-message latency x messages); ``--plot`` draws latency against bandwidth.
+min-max spread, the speedups, and where the time goes (compute = the
+unlimited link, transfer = bytes / rate, per-message latency x messages);
+``--plot`` draws latency against bandwidth.
 """
 
 from __future__ import annotations
