@@ -266,7 +266,7 @@ def summarize(timings: dict, single_report: dict) -> list[dict]:
                     "transfer_ms": (None if bits is None else
                                     1e3 * 8 * program["hlo_bytes"] / bits),
                     "messages": program["messages"],
-                    "messages_with_work_beside": program.get("messages_with_work_beside"),
+                    "messages_with_work_beside": program["messages_with_work_beside"],
                     "per_message_total_ms": program["messages"] * link["per_message_ms"],
                 }
             entry["where_the_time_goes"] = breakdown

@@ -392,7 +392,7 @@ def node_table(report: dict) -> str:
             lines.append(f"{variant:13} {node['node']:4d} {row['wall_ms']:8.1f} "
                          f"{exchanges['ms']:9.1f} {exchanges['count']:3d} {per:7.2f} "
                          f"{convs:7.1f} {other:7.1f} "
-                         f"{row.get('products_during_exchanges_ms', 0.0):8.1f} "
+                         f"{row['products_during_exchanges_ms']:8.1f} "
                          f"{row['cpu_per_call']['process_ms']:7.1f}  {threads}")
     lines.append("together: ms per call in which a conv or product ran while an exchange was "
                  "in flight")
